@@ -1,0 +1,33 @@
+# One entry point for the common jobs. Every target creates the virtual environment first when needed.
+#   make demo   set up, then train + evaluate on the offline synthetic world (the main job, CPU, < 10 min)
+#   make test   set up, then run the test suite
+#   make lint   ruff check + format check
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv demo test lint benchmark clean-venv
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) train.py --config configs/synthetic.yaml
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+benchmark: venv
+	$(PY) -m utils.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml --device cpu
+
+clean-venv:
+	rm -rf $(VENV)
