@@ -1,0 +1,515 @@
+"""The affordance grounder: LOCATE (Li et al., CVPR 2023) with BiT-Align's (IROS 2025) text-guided options.
+
+Training sample: n exocentric images (people using the object) and one egocentric image (the object alone) sharing
+an affordance label. A frozen DINO ViT gives patch descriptors; a shared residual adapter (``aff_proj``) and one
+conv stack per view (``aff_exo_proj``/``aff_ego_proj``) feed a shared 1×1 classifier (``aff_fc``) whose channels
+are class activation maps; their global average gives the logits. In every exocentric image, the patches the label's
+CAM lights up are clustered (k-means, K = 3); the cluster that overlaps the egocentric saliency most like an object
+part becomes the sample's *part prototype* (models/parts.py), and the egocentric label CAM is pulled towards it.
+
+Ego saliency is LOCATE's (fixed CLS-attention heads, binarised at their mean, averaged) or BiT-Align's (an
+AttentionPool2d mask fused with the CLS head whose masked features agree best with the label's text). BiT-Align also
+gates the egocentric tokens by their cosine with the label's text feature, x·σ(s·cos) + x, and adds an image-text
+contrastive loss.
+
+Label-free prediction (no affordance given) with text gating or text-guided head selection: both need a label, so
+the class predicted by an *ungated* pass of the egocentric head (adapter → aff_ego_proj → aff_fc, no gating) is used
+as the condition, and ``pred_label`` reports that class. The maps and logits returned are those of the conditioned
+pass. This keeps the features in the distribution seen in training (always gated by one class's text) instead of
+gating by a class average, which training never sees.
+
+Open-vocabulary queries (a phrase that is not a class name, with a text encoder): the phrase's text feature
+conditions the gating and head selection, and its map is the mixture of the class maps weighted by
+softmax(logit_scale · cos(phrase, class text)). A class name gives a one-hot mixture, i.e. exactly its channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import nn
+
+from models.backbone import ViTBackbone
+from models.heads import AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
+from models.losses import (
+    classification_losses,
+    concentration_loss,
+    contrastive_loss,
+    prototype_loss,
+    weighted_pool,
+)
+from models.parts import select_part_prototypes
+from models.text import TextEncoder, build_text_encoder, phrase_key
+from utils.maps import normalize_minmax
+
+if TYPE_CHECKING:
+    from utils.config import Config
+
+__all__ = ["SALIENCY_MODES", "Grounder", "binarize_at_mean", "build_model"]
+
+logger = logging.getLogger(__name__)
+
+SALIENCY_MODES = ("locate", "bitalign")
+
+
+def binarize_at_mean(maps: torch.Tensor) -> torch.Tensor:
+    """{0, 1} float masks of the positions strictly above each map's spatial mean; maps (..., h, w)."""
+    return (maps > maps.mean(dim=(-2, -1), keepdim=True)).to(maps.dtype)
+
+
+class Grounder(nn.Module):
+    """LOCATE / BiT-Align affordance grounder (see the module docstring for the method).
+
+    Args:
+        class_names: affordance names in label order (C of them).
+        backbone: the ViT (frozen unless built trainable).
+        text: a text encoder with ``dim`` equal to the descriptor width, or None (LOCATE).
+        saliency: "locate" (fixed CLS heads) or "bitalign" (AttentionPool mask + text-selected head; needs ``text``).
+        cls_heads: CLS-attention heads averaged by the "locate" saliency (LOCATE: 0, 1, 3).
+        text_gating: gate egocentric tokens by their cosine with the label's text feature (needs ``text``).
+        num_parts: K, the k-means clusters per sample.
+        aff_cam_thd: normalised exocentric CAM threshold selecting the clustered patches.
+        part_iou_thd: minimum PartIoU score for a part prototype.
+        kmeans_iters: maximum Lloyd iterations.
+        kmeans_seed: seed of the k-means++ seeding.
+        adapter_ratio: hidden width of ``aff_proj`` as a multiple of the descriptor width.
+        proto_weight: λ of the prototype loss.
+        conc_weight: λ of the concentration loss.
+        contra_weight: λ of the contrastive loss (used only with ``text``).
+        proto_warmup_epochs: the prototype loss counts from this (0-based) epoch on.
+        proto_margin: hinge margin of the prototype loss.
+        contra_temperature: divides the scaled cosines of the contrastive loss.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        backbone: ViTBackbone,
+        text: TextEncoder | None = None,
+        saliency: str = "locate",
+        cls_heads: list[int] | tuple[int, ...] = (0, 1, 3),
+        text_gating: bool = False,
+        num_parts: int = 3,
+        aff_cam_thd: float = 0.6,
+        part_iou_thd: float = 0.6,
+        kmeans_iters: int = 300,
+        kmeans_seed: int = 0,
+        adapter_ratio: int = 4,
+        proto_weight: float = 1.0,
+        conc_weight: float = 0.07,
+        contra_weight: float = 1.0,
+        proto_warmup_epochs: int = 1,
+        proto_margin: float = 0.5,
+        contra_temperature: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not class_names or isinstance(class_names, str):
+            raise ValueError(f"Grounder: expected a non-empty list of class names, got {class_names!r}")
+        if saliency not in SALIENCY_MODES:
+            raise ValueError(f"Grounder: saliency must be one of {SALIENCY_MODES}, got {saliency!r}")
+        if text is None and (saliency == "bitalign" or text_gating):
+            raise ValueError(
+                "Grounder: saliency='bitalign' and text_gating need a text encoder; pass one (model.text.encoder="
+                "clip or learned) or use saliency='locate', text_gating=False"
+            )
+        heads = list(cls_heads)
+        if saliency == "locate" and (not heads or not all(0 <= h < backbone.num_heads for h in heads)):
+            raise ValueError(
+                f"Grounder: cls_heads {heads} must be a non-empty list of head indices in [0, {backbone.num_heads}) "
+                f"for this backbone ({backbone.num_heads} heads); set model.cls_heads accordingly"
+            )
+        dim = backbone.out_dim
+        if text is not None and text.dim != dim:
+            raise ValueError(f"Grounder: the text encoder's dim {text.dim} differs from the descriptor width {dim}")
+        num_classes = len(class_names)
+
+        self.class_names = list(class_names)
+        self.num_classes = num_classes
+        self.saliency = saliency
+        self.cls_heads = heads
+        self.text_gating = text_gating
+        self.num_parts = num_parts
+        self.aff_cam_thd = aff_cam_thd
+        self.part_iou_thd = part_iou_thd
+        self.kmeans_iters = kmeans_iters
+        self.kmeans_seed = kmeans_seed
+        self.proto_weight = proto_weight
+        self.conc_weight = conc_weight
+        self.contra_weight = contra_weight
+        self.proto_warmup_epochs = proto_warmup_epochs
+        self.proto_margin = proto_margin
+        self.contra_temperature = contra_temperature
+        self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
+
+        self.backbone = backbone
+        self.aff_proj = AffordanceAdapter(dim, hidden_ratio=adapter_ratio)
+        self.aff_exo_proj = conv_bn_relu(dim)
+        self.aff_ego_proj = conv_bn_relu(dim)
+        self.aff_fc = nn.Conv2d(dim, num_classes, kernel_size=1)
+        self.text = text
+        if text is not None:
+            self.attn_pool = AttentionPool2d(dim, backbone.num_heads, grid_size=backbone.default_grid)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        else:
+            self.attn_pool = None
+            self.logit_scale = None
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen pretrained modules that checkpoints name but need not store."""
+        prefixes: list[str] = []
+        if not self.backbone.trainable:
+            prefixes.append("backbone.")
+        if self.text is not None:
+            prefixes += [f"text.{p}" for p in self.text.frozen_prefixes()]
+        return tuple(prefixes)
+
+    def _scale(self) -> torch.Tensor:
+        # CLIP clamps the learned multiplier at 100 so that the softmax cannot collapse.
+        return self.logit_scale.exp().clamp(max=100.0)
+
+    def _gate(self, adapter: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """BiT-Align's text gating x·σ(s·cos(x, t)) + x of (b, D, h, w) tokens with (b, D) text features."""
+        cos = einsum(F.normalize(adapter, dim=1), F.normalize(cond.to(adapter.dtype), dim=-1), "b d h w, b d -> b h w")
+        gate = torch.sigmoid(self._scale().to(cos.dtype) * cos).unsqueeze(1)  # (b, 1, h, w)
+        return adapter * gate + adapter
+
+    def _ego_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """aff_ego_proj then aff_fc: returns (projection (b, D, h, w), ego_pred (b, C, h, w))."""
+        projection = self.aff_ego_proj(features)
+        return projection, self.aff_fc(projection)
+
+    @torch.no_grad()
+    def _select_head(self, adapter: torch.Tensor, head_masks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """BiT-Align's text-guided head: the head whose masked mean feature has the highest cosine with the text."""
+        with torch.autocast(device_type=adapter.device.type, enabled=False):
+            pooled = weighted_pool(adapter.float(), head_masks.float())  # (b, heads, D)
+            sim = F.cosine_similarity(pooled, cond.float().unsqueeze(1), dim=-1)  # (b, heads)
+        return sim.argmax(dim=1)
+
+    def _ego_branch(self, ego_desc: torch.Tensor, cls_attn: torch.Tensor, cond: torch.Tensor | None) -> dict[str, Any]:
+        """Everything egocentric: adapter, saliency, (gating), class maps and logits."""
+        b = ego_desc.shape[0]
+        adapter = self.aff_proj.forward_grid(ego_desc)  # (b, D, h, w)
+        head_masks = binarize_at_mean(cls_attn.float())  # (b, heads, h, w)
+        pool = self.attn_pool(adapter) if self.attn_pool is not None else None
+        attnpool_mask = binarize_at_mean(pool.attn.detach().float()) if pool is not None else None
+        if self.saliency == "locate":
+            selected = torch.full((b,), -1, dtype=torch.long, device=ego_desc.device)
+            saliency = normalize_minmax(head_masks[:, self.cls_heads].mean(dim=1))
+        else:
+            selected = self._select_head(adapter.detach(), head_masks, cond)
+            chosen = head_masks[torch.arange(b, device=head_masks.device), selected]  # (b, h, w)
+            saliency = normalize_minmax(0.5 * attnpool_mask + 0.5 * chosen)
+        gated = self._gate(adapter, cond) if self.text_gating else adapter
+        projection, ego_pred = self._ego_head(gated)
+        return {
+            "adapter": adapter,
+            "projection": projection,
+            "ego_pred": ego_pred,
+            "logits": class_logits(ego_pred),
+            "head_masks": head_masks,
+            "selected_head": selected,
+            "attnpool_mask": attnpool_mask,
+            "pool": pool,
+            "saliency": saliency,
+        }
+
+    def _features(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Backbone outputs for several image batches, in one pass when they share a size."""
+        if all(x.shape[1:] == images[0].shape[1:] for x in images):
+            out = self.backbone(torch.cat(images))
+            sizes = [x.shape[0] for x in images]
+            parts = {k: v.split(sizes) for k, v in out.items()}
+            return [{k: parts[k][i] for k in out} for i in range(len(images))]
+        return [self.backbone(x) for x in images]
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def forward(self, batch: dict[str, Any], epoch: int = 0) -> dict[str, Any]:
+        """One training (or validation) step's outputs and losses.
+
+        Args:
+            batch: ``exo`` (b, n, 3, H, W), ``ego`` (b, 3, H, W), ``label`` (b,) int64.
+            epoch: 0-based epoch; the prototype loss counts from ``proto_warmup_epochs`` on.
+
+        Returns:
+            The dict documented in notes/INTERFACES.md (``aff_cam``, ``gt_aff_cam``, ``ego_pred``, ``gt_ego_cam``,
+            logits, saliency outputs, part outputs and ``losses``).
+        """
+        exo, ego = batch["exo"], batch["ego"]
+        if exo.dim() != 5 or ego.dim() != 4 or exo.shape[0] != ego.shape[0]:
+            raise ValueError(
+                f"Grounder.forward: expected exo (b, n, 3, H, W) and ego (b, 3, H, W) with the same b, got "
+                f"{tuple(exo.shape)} and {tuple(ego.shape)}"
+            )
+        b, n = exo.shape[:2]
+        label = torch.as_tensor(batch["label"], device=ego.device).long().view(-1)
+        if label.shape[0] != b or bool(((label < 0) | (label >= self.num_classes)).any()):
+            raise ValueError(f"Grounder.forward: expected {b} labels in [0, {self.num_classes}), got {label.tolist()}")
+        exo_feats, ego_feats = self._features([exo.flatten(0, 1), ego])
+        exo_desc = exo_feats["descriptors"]  # (b*n, D, h, w)
+        ego_desc = ego_feats["descriptors"]  # (b, D, h, w)
+        h, w = exo_desc.shape[-2:]
+
+        # Exocentric branch: CAMs of every class, and the label's CAM gathered per image.
+        aff_cam = self.aff_fc(self.aff_exo_proj(self.aff_proj.forward_grid(exo_desc)))  # (b*n, C, h, w)
+        aff_cam_re = rearrange(aff_cam, "(b n) c h w -> b n c h w", b=b, n=n)
+        index = label.view(b, 1, 1, 1, 1).expand(b, n, 1, h, w)
+        gt_aff_cam = aff_cam_re.gather(2, index).squeeze(2)  # (b, n, h, w)
+        logits_exo = class_logits(aff_cam_re)  # (b, n, C)
+
+        # Egocentric branch, conditioned on the label's text feature when there is a text encoder.
+        text_feats = self.text.class_features() if self.text is not None else None  # (C, D)
+        cond = text_feats[label] if text_feats is not None else None  # (b, D)
+        ego_out = self._ego_branch(ego_desc, ego_feats["cls_attn"], cond)
+        ego_pred = ego_out["ego_pred"]  # (b, C, h, w)
+        index = label.view(b, 1, 1, 1).expand(b, 1, *ego_pred.shape[-2:])
+        gt_ego_cam = normalize_minmax(ego_pred.gather(1, index).squeeze(1).float())  # (b, h, w)
+
+        parts = select_part_prototypes(
+            rearrange(exo_desc, "(b n) d h w -> b n d h w", b=b, n=n),
+            gt_aff_cam,
+            ego_desc,
+            ego_out["saliency"],
+            cam_thd=self.aff_cam_thd,
+            iou_thd=self.part_iou_thd,
+            k=self.num_parts,
+            iters=self.kmeans_iters,
+            seed=self.kmeans_seed,
+        )
+
+        ce_ego, ce_exo = classification_losses(ego_out["logits"], logits_exo, label)
+        zero = ce_ego.new_zeros(())
+        if epoch >= self.proto_warmup_epochs and self.proto_weight > 0:
+            proto = prototype_loss(
+                ego_desc, gt_ego_cam, parts.prototypes, parts.has_prototype, margin=self.proto_margin
+            )
+        else:
+            proto = zero
+        conc = concentration_loss(ego_pred)
+        if self.text is not None and self.contra_weight > 0:
+            contra = contrastive_loss(
+                ego_out["pool"].pooled, text_feats, label, self._scale(), temperature=self.contra_temperature
+            )
+        else:
+            contra = zero
+        total = ce_ego + ce_exo + self.proto_weight * proto + self.conc_weight * conc + self.contra_weight * contra
+        return {
+            "aff_cam": aff_cam,
+            "gt_aff_cam": gt_aff_cam,
+            "ego_pred": ego_pred,
+            "gt_ego_cam": gt_ego_cam,
+            "logits_exo": logits_exo,
+            "logits_ego": ego_out["logits"],
+            "cls_attn": ego_feats["cls_attn"],
+            "head_masks": ego_out["head_masks"],
+            "selected_head": ego_out["selected_head"],
+            "attnpool_mask": ego_out["attnpool_mask"],
+            "saliency": ego_out["saliency"],
+            "part_sim": parts.part_sim,
+            "part_scores": parts.part_scores,
+            "prototypes": parts.prototypes,
+            "has_prototype": parts.has_prototype,
+            "losses": {
+                "ce_ego": ce_ego,
+                "ce_exo": ce_exo,
+                "proto": proto,
+                "conc": conc,
+                "contra": contra,
+                "total": total,
+            },
+        }
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def _resolve_labels(
+        self, labels: torch.Tensor | list[str] | list[int], b: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Map the query to (class index (b,), mixture weights (b, C) or None, condition text (b, D) or None)."""
+        if isinstance(labels, str):
+            raise TypeError("Grounder.predict: labels must be a list of names (one per image), not a single string")
+        if isinstance(labels, torch.Tensor) or (
+            isinstance(labels, list | tuple) and labels and all(isinstance(x, int) for x in labels)
+        ):
+            idx = torch.as_tensor(labels, device=device).long().view(-1)
+            phrases: list[str] | None = None
+        else:
+            labels = list(labels)
+            if not all(isinstance(x, str) for x in labels):
+                raise TypeError("Grounder.predict: labels must be a LongTensor, a list of ints or a list of strings")
+            known = [self._class_index.get(phrase_key(x)) for x in labels]
+            unknown = [x for x, k in zip(labels, known) if k is None]
+            if unknown and self.text is None:
+                raise ValueError(
+                    f"Grounder.predict: unknown affordance(s) {unknown}; without a text encoder only the class names "
+                    f"work: {self.class_names}"
+                )
+            idx = torch.tensor([k if k is not None else -1 for k in known], device=device, dtype=torch.long)
+            phrases = labels if unknown else None
+        if idx.shape[0] != b:
+            raise ValueError(f"Grounder.predict: expected {b} labels (one per image), got {idx.shape[0]}")
+        if phrases is None and bool(((idx < 0) | (idx >= self.num_classes)).any()):
+            raise ValueError(f"Grounder.predict: label indices must be in [0, {self.num_classes}), got {idx.tolist()}")
+
+        if self.text is None:
+            return idx, None, None
+        class_text = self.text.class_features()  # (C, D)
+        cond = class_text[idx.clamp_min(0)]  # (b, D)
+        weights = None
+        if phrases is not None:
+            is_phrase = idx < 0
+            rows = torch.nonzero(is_phrase).flatten()
+            phrase_text = self.text([phrases[i] for i in rows.tolist()]).to(cond.dtype)  # (p, D)
+            cond = cond.index_copy(0, rows, phrase_text)
+            sim = F.normalize(cond.float(), dim=-1) @ F.normalize(class_text.float(), dim=-1).t()  # (b, C)
+            soft = (self._scale() * sim).softmax(dim=-1)
+            hard = F.one_hot(idx.clamp_min(0), self.num_classes).float()
+            weights = torch.where(is_phrase.unsqueeze(1), soft, hard)
+        return idx, weights, cond
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | list[str] | list[int] | None = None,
+        output_size: int | tuple[int, int] | None = None,
+        return_features: bool = False,
+    ) -> dict[str, Any]:
+        """Affordance heatmaps for egocentric images (eval mode for the call, then the previous mode is restored).
+
+        Args:
+            images: (b, 3, H, W) ImageNet-normalised images.
+            labels: per image a class index (LongTensor or list of ints), a class name or, with a text encoder, any
+                affordance phrase; None for the label-free mode (all C maps and the predicted class).
+            output_size: side or (H', W') of the returned maps; default the input size.
+            return_features: also return ``features`` (descriptors, adapter, projection, cam).
+
+        Returns:
+            ``maps`` (b, H', W') in [0, 1] for the given labels, or ``all_maps`` (b, C, H', W') and ``pred_label``
+            (b,) without labels; always ``probs``/``logits`` (b, C), ``ego_pred`` (b, C, h, w) raw, ``cls_attn``,
+            ``head_masks``, ``selected_head``, ``attnpool_mask``, ``saliency``.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"Grounder.predict: expected images (b, 3, H, W), got {tuple(images.shape)}")
+        if output_size is None:
+            size = tuple(images.shape[-2:])
+        elif isinstance(output_size, int):
+            size = (output_size, output_size)
+        else:
+            size = tuple(output_size)
+        was_training = self.training
+        self.eval()
+        try:
+            b = images.shape[0]
+            feats = self.backbone(images)
+            desc, cls_attn = feats["descriptors"], feats["cls_attn"]
+            out: dict[str, Any] = {}
+            if labels is None:
+                needs_cond = self.text is not None and (self.text_gating or self.saliency == "bitalign")
+                if needs_cond:
+                    # Label-free with text conditioning: condition on the class an ungated pass predicts.
+                    _, ungated = self._ego_head(self.aff_proj.forward_grid(desc))
+                    pred_label = class_logits(ungated).argmax(dim=1)
+                    cond = self.text.class_features()[pred_label]
+                else:
+                    cond = None  # neither gating nor head selection: nothing is conditioned on text
+                ego = self._ego_branch(desc, cls_attn, cond)
+                if not needs_cond:
+                    pred_label = ego["logits"].argmax(dim=1)
+                up = F.interpolate(ego["ego_pred"].float(), size=size, mode="bilinear", align_corners=False)
+                out["all_maps"] = normalize_minmax(up)  # (b, C, H', W')
+                out["pred_label"] = pred_label
+            else:
+                idx, weights, cond = self._resolve_labels(labels, b, images.device)
+                ego = self._ego_branch(desc, cls_attn, cond)
+                ego_pred = ego["ego_pred"].float()
+                if weights is None:
+                    index = idx.view(b, 1, 1, 1).expand(b, 1, *ego_pred.shape[-2:])
+                    label_map = ego_pred.gather(1, index).squeeze(1)  # (b, h, w)
+                else:
+                    label_map = einsum(weights, ego_pred, "b c, b c h w -> b h w")
+                up = F.interpolate(label_map.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+                out["maps"] = normalize_minmax(up.squeeze(1))  # (b, H', W')
+            out.update(
+                probs=ego["logits"].float().softmax(dim=-1),
+                logits=ego["logits"],
+                ego_pred=ego["ego_pred"],
+                cls_attn=cls_attn,
+                head_masks=ego["head_masks"],
+                selected_head=ego["selected_head"],
+                attnpool_mask=ego["attnpool_mask"],
+                saliency=ego["saliency"],
+            )
+            if return_features:
+                out["features"] = {
+                    "descriptors": desc,
+                    "adapter": ego["adapter"],
+                    "projection": ego["projection"],
+                    "cam": ego["ego_pred"],
+                }
+            return out
+        finally:
+            self.train(was_training)
+
+
+def build_model(cfg: Config, class_names: list[str]) -> Grounder:
+    """Build the grounder described by a :class:`utils.config.Config` (weights loaded, nothing moved to a device).
+
+    Args:
+        cfg: the resolved configuration (``cfg.model``, ``cfg.loss``, ``cfg.data.image_size``, ``cfg.seed``).
+        class_names: the split's affordance names in label order.
+
+    Returns:
+        The model, on the CPU.
+    """
+    m, bb, t = cfg.model, cfg.model.backbone, cfg.model.text
+    kwargs = dict(bb.kwargs)
+    img_size = kwargs.pop("img_size", cfg.data.image_size)
+    backbone = ViTBackbone(
+        bb.name,
+        weights=bb.weights or None,
+        descriptor=bb.descriptor,
+        trainable=bb.trainable,
+        img_size=img_size,
+        **kwargs,
+    )
+    text = build_text_encoder(
+        t.encoder,
+        class_names,
+        backbone.out_dim,
+        model_name=t.clip_model,
+        weights=t.clip_weights or None,
+        prompt_tokens=t.prompt_tokens,
+        template=t.template,
+    )
+    model = Grounder(
+        class_names,
+        backbone,
+        text,
+        saliency=m.saliency,
+        cls_heads=list(m.cls_heads),
+        text_gating=m.text_gating,
+        num_parts=m.num_parts,
+        aff_cam_thd=m.aff_cam_thd,
+        part_iou_thd=m.part_iou_thd,
+        kmeans_iters=m.kmeans_iters,
+        kmeans_seed=cfg.seed,
+        adapter_ratio=m.adapter_ratio,
+        proto_weight=cfg.loss.proto,
+        conc_weight=cfg.loss.conc,
+        contra_weight=cfg.loss.contra,
+        proto_warmup_epochs=cfg.loss.proto_warmup_epochs,
+    )
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    logger.info(
+        "built %s grounder: %.2fM trainable, %.2fM frozen parameters", m.saliency, n_train / 1e6, n_frozen / 1e6
+    )
+    return model

@@ -1,0 +1,237 @@
+"""Tests of models/grounder.py on a tiny random ViT (32x32 inputs, 8x8 patches, width 32, 2 heads), CPU only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.backbone import ViTBackbone
+from models.grounder import Grounder, binarize_at_mean, build_model
+from models.text import LearnedTextEncoder, OpenClipTextEncoder
+from utils.config import config_from_dict
+from utils.maps import normalize_minmax
+
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+NAMES = ["cut_with", "hold", "pour"]
+TINY_TEXT = {"width": 32, "layers": 1, "heads": 2, "context_length": 16}
+
+
+def make(saliency: str = "locate", text: str = "none", gating: bool = False, prompt_tokens: int = 0) -> Grounder:
+    torch.manual_seed(0)
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    enc = None
+    if text == "learned":
+        enc = LearnedTextEncoder(NAMES, 32)
+    elif text == "clip":
+        enc = OpenClipTextEncoder(NAMES, 32, text_cfg=TINY_TEXT, prompt_tokens=prompt_tokens)
+    return Grounder(NAMES, backbone, enc, saliency=saliency, cls_heads=[0, 1], text_gating=gating, kmeans_iters=10)
+
+
+def batch(b: int = 2, n: int = 3, size: int = 32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "exo": torch.randn(b, n, 3, size, size, generator=g),
+        "ego": torch.randn(b, 3, size, size, generator=g),
+        "label": torch.tensor([0, 2, 1, 0][:b]),
+    }
+
+
+def test_forward_outputs_match_the_interface():
+    model = make().train()
+    out = model(batch(), epoch=1)
+    shapes = {
+        "aff_cam": (6, 3, 4, 4),
+        "gt_aff_cam": (2, 3, 4, 4),
+        "ego_pred": (2, 3, 4, 4),
+        "gt_ego_cam": (2, 4, 4),
+        "logits_exo": (2, 3, 3),
+        "logits_ego": (2, 3),
+        "cls_attn": (2, 2, 4, 4),
+        "head_masks": (2, 2, 4, 4),
+        "selected_head": (2,),
+        "saliency": (2, 4, 4),
+        "part_sim": (2, 3, 4, 4),
+        "part_scores": (2, 3),
+        "prototypes": (2, 32),
+        "has_prototype": (2,),
+    }
+    for key, shape in shapes.items():
+        assert tuple(out[key].shape) == shape, key
+    assert out["attnpool_mask"] is None
+    assert out["selected_head"].tolist() == [-1, -1]
+    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "total"}
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in out["losses"].values())
+    assert out["gt_ego_cam"].min() >= 0 and out["gt_ego_cam"].max() <= 1
+    assert set(out["head_masks"].unique().tolist()) <= {0.0, 1.0}
+    losses = out["losses"]
+    expected = losses["ce_ego"] + losses["ce_exo"] + losses["proto"] + 0.07 * losses["conc"]
+    torch.testing.assert_close(losses["total"], expected)
+
+
+def test_gathers_and_locate_saliency_are_right():
+    model = make().train()
+    data = batch()
+    out = model(data, epoch=0)
+    cams = out["aff_cam"].view(2, 3, 3, 4, 4)
+    for i, lab in enumerate(data["label"].tolist()):
+        torch.testing.assert_close(out["gt_aff_cam"][i], cams[i, :, lab])
+        torch.testing.assert_close(out["gt_ego_cam"][i], normalize_minmax(out["ego_pred"][i, lab]))
+    masks = binarize_at_mean(out["cls_attn"])
+    torch.testing.assert_close(out["head_masks"], masks)
+    torch.testing.assert_close(out["saliency"], normalize_minmax(masks[:, [0, 1]].mean(1)))
+    assert out["losses"]["proto"].item() == 0.0  # epoch 0 < proto_warmup_epochs
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_the_backbone_none():
+    model = make().train()
+    model.aff_cam_thd = 0.0  # cluster every patch so that prototypes exist on random weights
+    model.part_iou_thd = 0.0
+    out = model(batch(), epoch=5)
+    assert bool(out["has_prototype"].all()) and out["losses"]["proto"].item() > 0
+    out["losses"]["total"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(not n.startswith("backbone.") for n, _ in trainable)
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert not model.backbone.vit.training
+    assert model.frozen_prefixes() == ("backbone.",)
+
+
+def test_bitalign_with_learned_text_trains_text_pool_and_scale():
+    model = make(saliency="bitalign", text="learned", gating=True).train()
+    out = model(batch(), epoch=0)
+    assert out["attnpool_mask"].shape == (2, 4, 4)
+    assert out["selected_head"].min() >= 0 and out["selected_head"].max() < 2
+    chosen = out["head_masks"][torch.arange(2), out["selected_head"]]
+    torch.testing.assert_close(out["saliency"], normalize_minmax(0.5 * out["attnpool_mask"] + 0.5 * chosen))
+    assert out["losses"]["contra"].item() > 0
+    out["losses"]["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert model.text.embedding.weight.grad.abs().sum() > 0
+
+
+def test_learnable_prompts_of_the_clip_encoder_get_gradients():
+    model = make(saliency="bitalign", text="clip", gating=True, prompt_tokens=2).train()
+    out = model(batch(), epoch=0)
+    out["losses"]["total"].backward()
+    assert model.text.prompt.grad is not None and model.text.prompt.grad.abs().sum() > 0
+    assert model.text.proj.weight.grad is not None
+    assert all(p.grad is None for p in model.text.tower.parameters())
+    assert model.frozen_prefixes() == ("backbone.", "text.tower.")
+
+
+def test_forward_is_float32_where_it_matters_under_autocast():
+    model = make().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch(), epoch=2)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out["losses"].values())
+    assert out["part_scores"].dtype == torch.float32
+
+
+def test_predict_maps_by_index_and_by_name_agree():
+    model = make().train()
+    images = torch.randn(2, 3, 32, 32)
+    by_idx = model.predict(images, torch.tensor([1, 2]), output_size=(20, 24), return_features=True)
+    by_name = model.predict(images, ["hold", "Pour"], output_size=(20, 24))
+    assert model.training  # the previous mode is restored
+    assert by_idx["maps"].shape == (2, 20, 24)
+    torch.testing.assert_close(by_idx["maps"], by_name["maps"])
+    assert by_idx["maps"].min() >= 0 and by_idx["maps"].max() <= 1
+    up = F.interpolate(by_idx["ego_pred"][:, [1, 2]][[0, 1], [0, 1]].unsqueeze(1), size=(20, 24), mode="bilinear")
+    torch.testing.assert_close(by_idx["maps"], normalize_minmax(up.squeeze(1)))
+    torch.testing.assert_close(by_idx["probs"].sum(1), torch.ones(2))
+    feats = by_idx["features"]
+    assert feats["descriptors"].shape == feats["adapter"].shape == feats["projection"].shape == (2, 32, 4, 4)
+    assert feats["cam"].shape == (2, 3, 4, 4)
+
+
+def test_predict_label_free_and_other_input_size():
+    model = make().eval()
+    out = model.predict(torch.randn(3, 3, 48, 32))
+    assert out["all_maps"].shape == (3, 3, 48, 32) and out["pred_label"].shape == (3,)
+    assert out["ego_pred"].shape == (3, 3, 6, 4)
+    torch.testing.assert_close(out["pred_label"], out["logits"].argmax(1))
+    assert out["all_maps"].amax(dim=(-2, -1)).allclose(torch.ones(3, 3))
+
+
+def test_predict_label_free_with_gating_conditions_on_ungated_prediction():
+    model = make(saliency="bitalign", text="learned", gating=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    out = model.predict(images)
+    desc = model.backbone(images)["descriptors"]
+    with torch.no_grad():
+        ungated = model.aff_fc(model.aff_ego_proj(model.aff_proj.forward_grid(desc))).mean((-2, -1))
+    torch.testing.assert_close(out["pred_label"], ungated.argmax(1))
+    conditioned = model.predict(images, out["pred_label"])
+    torch.testing.assert_close(out["logits"], conditioned["logits"])
+
+
+def test_unknown_affordance_without_text_encoder_lists_class_names():
+    model = make()
+    with pytest.raises(ValueError, match=r"unknown affordance.*'grasp'.*cut_with.*hold.*pour"):
+        model.predict(torch.randn(1, 3, 32, 32), ["grasp"])
+    with pytest.raises(ValueError, match=r"label indices must be in \[0, 3\)"):
+        model.predict(torch.randn(1, 3, 32, 32), torch.tensor([3]))
+    with pytest.raises(ValueError, match="expected 2 labels"):
+        model.predict(torch.randn(2, 3, 32, 32), ["hold"])
+
+
+def test_open_vocabulary_phrase_with_clip_encoder():
+    model = make(saliency="bitalign", text="clip", gating=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    out = model.predict(images, ["something to grasp firmly", "hold"])
+    assert out["maps"].shape == (2, 32, 32) and torch.isfinite(out["maps"]).all()
+    # A class name inside a mixed query still gives exactly its own channel.
+    alone = model.predict(images[1:], ["hold"])
+    torch.testing.assert_close(out["maps"][1:], alone["maps"], atol=1e-5, rtol=1e-5)
+
+
+def test_constructor_validation():
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    with pytest.raises(ValueError, match=r"cls_heads \[0, 1, 3\].*\[0, 2\)"):
+        Grounder(NAMES, backbone)
+    with pytest.raises(ValueError, match="need a text encoder"):
+        Grounder(NAMES, backbone, saliency="bitalign", cls_heads=[0])
+
+
+def test_build_model_reads_the_config():
+    cfg = config_from_dict(
+        {
+            "data": {"image_size": 32},
+            "model": {
+                "backbone": {"name": "vit_small_patch16_224", "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2}},
+                "cls_heads": [0, 1],
+                "num_parts": 2,
+                "text": {"encoder": "learned"},
+                "saliency": "bitalign",
+                "text_gating": True,
+            },
+            "loss": {"conc": 0.5, "proto_warmup_epochs": 3},
+            "seed": 7,
+        }
+    )
+    cfg.model.backbone.kwargs["num_heads"] = 2
+    model = build_model(cfg, NAMES)
+    assert model.backbone.patch_size == 8 and model.backbone.default_grid == (4, 4)
+    assert isinstance(model.text, LearnedTextEncoder) and model.saliency == "bitalign" and model.text_gating
+    assert (model.num_parts, model.conc_weight, model.proto_warmup_epochs, model.kmeans_seed) == (2, 0.5, 3, 7)
+    assert model.aff_fc.out_channels == 3 and model.aff_proj.fc1.out_features == 128
+    out = model.train()(batch(), epoch=0)
+    assert out["part_scores"].shape == (2, 2)
+
+
+def test_no_cuda_calls_anywhere_in_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    pattern = re.compile(r"\." + "cuda" + r"\(")
+    offenders = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if ".venv" not in p.parts and pattern.search(p.read_text(encoding="utf-8", errors="ignore"))
+    ]
+    assert not offenders, f"hard-coded CUDA moves in {offenders}; take a device argument instead"

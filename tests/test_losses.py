@@ -1,0 +1,112 @@
+"""Tests of models/losses.py against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.losses import (
+    classification_losses,
+    concentration_loss,
+    contrastive_loss,
+    prototype_loss,
+    weighted_pool,
+)
+
+
+def test_classification_losses_hand_values():
+    labels = torch.tensor([0, 1])
+    ce_ego, ce_exo = classification_losses(torch.zeros(2, 4), torch.zeros(2, 3, 4), labels)
+    assert ce_ego.item() == pytest.approx(math.log(4))
+    assert ce_exo.item() == pytest.approx(math.log(4))
+    # Views: view 0 scores the label at +log(3) (CE = log 2), views 1 and 2 are uniform (CE = log 4).
+    exo = torch.zeros(2, 3, 4)
+    exo[0, 0, 0] = math.log(3.0)
+    exo[1, 0, 1] = math.log(3.0)
+    _, ce_exo = classification_losses(torch.zeros(2, 4), exo, labels)
+    assert ce_exo.item() == pytest.approx((math.log(2) + 2 * math.log(4)) / 3, rel=1e-6)
+
+
+def test_weighted_pool_guards_zero_mask():
+    feats = torch.tensor([[[[1.0, 3.0]], [[2.0, 4.0]]]])  # (1, 2, 1, 2)
+    torch.testing.assert_close(weighted_pool(feats, torch.tensor([[[1.0, 1.0]]])), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(weighted_pool(feats, torch.tensor([[[0.0, 2.0]]])), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(weighted_pool(feats, torch.zeros(1, 1, 2)), torch.zeros(1, 2))
+    masks = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]]])  # (1, K=2, 1, 2)
+    torch.testing.assert_close(weighted_pool(feats, masks), torch.tensor([[[1.0, 2.0], [0.0, 0.0]]]))
+
+
+def test_prototype_loss_hand_values():
+    desc = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]).unsqueeze(0).repeat(3, 1, 1, 1)  # (3, D=2, 1, 2)
+    cam = torch.tensor([[1.0, 0.0]]).expand(3, 1, 2).clone()  # embedding = desc at position 0 = [1, 0]
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # cos 1, 0, -1 -> hinge 0, 0.5, 1.5
+    every = prototype_loss(desc, cam, protos, torch.tensor([True, True, True]))
+    assert every.item() == pytest.approx((0.0 + 0.5 + 1.5) / 3)
+    some = prototype_loss(desc, cam, protos, torch.tensor([False, True, True]))
+    assert some.item() == pytest.approx(1.0)
+    assert prototype_loss(desc, cam, protos, torch.tensor([False, True, False]), margin=0.25).item() == pytest.approx(
+        0.75
+    )
+
+
+def test_prototype_loss_without_prototypes_or_with_empty_cam_is_finite():
+    desc = torch.randn(2, 4, 3, 3)
+    cam = torch.zeros(2, 3, 3, requires_grad=True)
+    none = prototype_loss(desc, cam, torch.zeros(2, 4), torch.tensor([False, False]))
+    assert none.item() == 0.0
+    none.backward()
+    assert torch.isfinite(cam.grad).all()
+    # An all-zero CAM pools to a zero embedding: cosine 0, hinge 1 - 0 - 0.5.
+    loss = prototype_loss(desc, torch.zeros(2, 3, 3), torch.ones(2, 4), torch.tensor([True, True]))
+    assert loss.item() == pytest.approx(0.5)
+
+
+def test_concentration_loss_hand_values():
+    # One row of two pixels: min-max gives [1, 0]; + 1e-3 and normalised p = [1.001, 0.001] / 1.002 on x = [-1, 0].
+    # Var_x = p0 p1 (two points one apart), Var_y = 0.
+    p0, p1 = 1.001 / 1.002, 0.001 / 1.002
+    peaked = concentration_loss(torch.tensor([[[[5.0, 1.0]]]]))
+    assert peaked.item() == pytest.approx(p0 * p1, rel=1e-5)
+    # A constant map becomes uniform: on x = [-1, 0] the variance is 1/4; the loss averages over (B, C).
+    flat = concentration_loss(torch.ones(1, 1, 1, 2))
+    assert flat.item() == pytest.approx(0.25, rel=1e-6)
+    both = concentration_loss(torch.tensor([[[[5.0, 1.0]], [[2.0, 2.0]]]]))
+    assert both.item() == pytest.approx((p0 * p1 + 0.25) / 2, rel=1e-5)
+    # 2x2 uniform: coordinates {-1, 0} on both axes, variance 1/4 + 1/4.
+    assert concentration_loss(torch.zeros(2, 3, 2, 2)).item() == pytest.approx(0.5, rel=1e-6)
+
+
+def test_concentration_loss_prefers_concentrated_maps_and_gives_gradient():
+    spread = torch.rand(1, 1, 6, 6)
+    point = torch.zeros(1, 1, 6, 6)
+    point[0, 0, 2, 3] = 1.0
+    assert concentration_loss(point) < concentration_loss(spread)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    concentration_loss(x).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_contrastive_loss_hand_value():
+    img = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 5.0]])
+    # cos = identity; logits = 1 * I / 0.5 = 2 I; CE = log(1 + e^-2) for both samples.
+    loss = contrastive_loss(img, txt, torch.tensor([0, 1]), torch.tensor(1.0), temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+    wrong = contrastive_loss(img, txt, torch.tensor([1, 0]), 1.0, temperature=0.5)
+    assert wrong.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-6)
+
+
+def test_losses_are_float32_under_autocast():
+    maps = torch.randn(2, 3, 4, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conc = concentration_loss(maps)
+        ce, _ = classification_losses(
+            torch.randn(2, 3).bfloat16(), torch.randn(2, 2, 3).bfloat16(), torch.tensor([0, 1])
+        )
+        con = contrastive_loss(torch.randn(2, 4).bfloat16(), torch.randn(3, 4).bfloat16(), torch.tensor([0, 2]), 10.0)
+        proto = prototype_loss(
+            torch.randn(2, 4, 3, 3).bfloat16(), torch.rand(2, 3, 3), torch.randn(2, 4), torch.tensor([True, False])
+        )
+    assert {conc.dtype, ce.dtype, con.dtype, proto.dtype} == {torch.float32}
