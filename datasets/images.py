@@ -1,0 +1,238 @@
+"""Robust image IO and the train/test transforms, all with OpenCV and numpy.
+
+Images enter the repository here and nowhere else: ``read_image`` always returns uint8 RGB (H, W, 3), whatever
+the file holds (grayscale, RGBA, 16-bit), so the BGR->RGB swap happens exactly once. The transforms take a numpy
+``Generator`` so that the caller (the dataset) decides the randomness and can make it reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "center_resize",
+    "decode_image",
+    "denormalize",
+    "is_image_file",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "read_gt",
+    "read_image",
+    "read_mask",
+    "resize_gt",
+    "resize_shorter",
+    "to_tensor",
+    "train_transform",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: File name endings treated as images; everything else (.DS_Store, .txt, Thumbs.db) is ignored by the loaders.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# A JPEG whose end-of-image marker is missing from its last bytes was cut short. OpenCV 5 refuses most of those,
+# older builds return a half-grey picture with only a console warning, so we check the marker ourselves.
+# A little trailing junk after the marker (some cameras add padding) is tolerated.
+_JPEG_TAIL_SLACK = 1024
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has an image extension and is not a hidden file (macOS ``._x.jpg`` resource forks)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: '{path}'. Check the dataset root and the file name.")
+    return path.read_bytes()
+
+
+def _check_not_truncated(data: bytes, path: str | os.PathLike) -> None:
+    if data[:2] == b"\xff\xd8":  # JPEG start-of-image
+        eoi = data.rfind(b"\xff\xd9")
+        if eoi < 0 or eoi < len(data) - 2 - _JPEG_TAIL_SLACK:
+            raise ValueError(
+                f"Could not decode '{path}': truncated JPEG (no end-of-image marker). Re-download or delete the file."
+            )
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or float pixel data to uint8 (full range to full range)."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return np.round(img.astype(np.float32) / 257.0).astype(np.uint8)  # 65535 / 255 = 257
+    if np.issubdtype(img.dtype, np.floating):
+        return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise ValueError(f"Unsupported pixel type {img.dtype}; expected uint8, uint16 or float.")
+
+
+def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to uint8 RGB (H, W, 3).
+
+    Grayscale becomes 3 identical channels, the alpha channel of RGBA is dropped (the colour is kept as stored,
+    not composited), 16-bit is scaled to 8-bit.
+
+    Args:
+        data: the encoded file content (JPEG, PNG, ...).
+        source: the file name shown in error messages.
+
+    Raises:
+        ValueError: the bytes are not a decodable image, or a JPEG is truncated.
+    """
+    _check_not_truncated(data, source)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise ValueError(
+            f"Could not decode '{source}' as an image (not an image, or a corrupt/truncated file). "
+            "Delete or replace it."
+        )
+    img = _to_uint8(img)
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))  # (H, W, 3)
+    channels = img.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))  # (H, W, 3)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise ValueError(f"Could not decode '{source}': expected 1, 3 or 4 channels, found {channels}.")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+        ValueError: the file exists but could not be decoded (non-image, corrupt or truncated).
+    """
+    return decode_image(_read_bytes(path), path)
+
+
+def read_gt(path: str | os.PathLike) -> np.ndarray:
+    """Read a ground-truth heatmap PNG as float32 (H, W) in [0, 1].
+
+    Decoded as 8-bit grayscale (as ``cv2.IMREAD_GRAYSCALE`` does in the published evaluation code), then / 255.
+    """
+    data = _read_bytes(path)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    gt = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if gt is None:
+        raise ValueError(f"Could not decode ground-truth map '{path}'. Expected a grayscale PNG heatmap.")
+    return (gt.astype(np.float64) / 255.0).astype(np.float32)
+
+
+def read_mask(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """Read a binary mask PNG (0/255) as float32 (H, W) in {0, 1}, optionally resized (nearest) to size x size."""
+    data = _read_bytes(path)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    mask = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if mask is None:
+        raise ValueError(f"Could not decode mask '{path}'. Expected a 0/255 grayscale PNG.")
+    if size is not None and mask.shape != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return (mask > 127).astype(np.float32)
+
+
+def resize_gt(gt: np.ndarray, size: int) -> np.ndarray:
+    """Resize a GT map in [0, 1] to size x size exactly as the published protocol does (SPEC §2).
+
+    The published code divides the uint8 PNG by 255 in float64 and calls ``cv2.resize`` (bilinear) on it;
+    we keep float64 through the resize and return float32.
+    """
+    out = cv2.resize(gt.astype(np.float64), (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if (w, h) == (width, height):
+        return img
+    # Area averaging when shrinking avoids aliasing (PIL's bilinear filter also antialiases); bilinear when growing.
+    interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
+
+
+def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio (like torchvision ``Resize(int)``)."""
+    h, w = img.shape[:2]
+    if h <= w:
+        new_h, new_w = size, max(1, int(size * w / h))
+    else:
+        new_h, new_w = max(1, int(size * h / w)), size
+    return _resize(img, new_w, new_h)
+
+
+def center_resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize to exactly ``size`` (an int for a square, or (height, width)), ignoring the aspect ratio."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return _resize(img, width, height)
+
+
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Crop a random size x size window (the image is first grown if a side is shorter than ``size``)."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        img = resize_shorter(img, size)
+        h, w = img.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return img[top : top + size, left : left + size]
+
+
+def random_flip(img: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Flip left-right with probability ``p``."""
+    return img[:, ::-1] if rng.random() < p else img
+
+
+def normalize(img: np.ndarray) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W), ImageNet mean/std normalised."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"normalize expects a uint8 (H, W, 3) RGB array, got {img.dtype} {img.shape}.")
+    x = img.astype(np.float32) / 255.0
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+
+
+def to_tensor(img: np.ndarray, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Test transform: resize to ``size`` (square if an int; unchanged if None) and normalise -> (3, S, S)."""
+    if size is not None:
+        img = center_resize(img, size)
+    return normalize(img)
+
+
+def train_transform(img: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Train transform (SPEC §1): shorter side to ``resize_size``, random crop, random flip, normalise."""
+    if crop_size > resize_size:
+        raise ValueError(f"crop_size ({crop_size}) must not exceed resize_size ({resize_size}).")
+    img = resize_shorter(img, resize_size)
+    img = random_crop(img, crop_size, rng)
+    img = random_flip(img, rng)
+    return normalize(img)
+
+
+def denormalize(t: torch.Tensor) -> np.ndarray:
+    """Undo the ImageNet normalisation: float (3, H, W) -> uint8 RGB (H, W, 3)."""
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"denormalize expects a (3, H, W) tensor, got shape {tuple(t.shape)}.")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+    x = (t.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
+    return (x * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)

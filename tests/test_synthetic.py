@@ -1,0 +1,179 @@
+"""Tests for datasets.synthetic: a deterministic, AGD20K-shaped, learnable-but-honest world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets import synthetic
+from datasets.synthetic import (
+    AFFORDANCE_PART,
+    HELD_OUT_OBJECTS,
+    MARKER_NAME,
+    OBJECT_SPECS,
+    PART_TYPES,
+    PARTIAL_NAME,
+    ensure_world,
+    generate_world,
+    world_layout,
+)
+
+TINY = dict(image_size=48, exo_per_folder=2, ego_per_folder=2, test_per_folder=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("world"), seed=0, **TINY)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_whatever_the_workers_different_seed_different(tmp_path, capsys):
+    args = ["--seed", "3", "--image-size", "32", "--exo", "1", "--ego", "1", "--test", "1"]
+    assert synthetic.main(["--out", str(tmp_path / "a"), *args]) == 0  # the CLI, in this process
+    assert "ready" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / MARKER_NAME).read_text())["seed"] == 3
+    kw = dict(image_size=32, exo_per_folder=1, ego_per_folder=1, test_per_folder=1, progress=False)
+    b = _files(generate_world(tmp_path / "b", seed=3, workers=2, **kw))  # two worker processes
+    a = _files(tmp_path / "a")
+    assert len(a) > 200 and a == b
+    # another seed: every file set differs (rendered in memory; writing a third world costs only disk time)
+    for aff, obj in world_layout().seen_pairs:
+        for kind in ("exo", "ego", "test"):
+            x = synthetic._render_job((kind, aff, obj, 0, 3, 32))
+            y = synthetic._render_job((kind, aff, obj, 0, 4, 32))
+            assert all(x[k] != y[k] for k in x)
+
+
+def test_layout_is_agd20k(world):
+    layout = world_layout()
+    classes = json.loads((world / "classes.json").read_text())
+    assert classes == {"Seen": layout.seen_affordances, "Unseen": layout.unseen_affordances, "objects": layout.objects}
+    for split, pairs, test_pairs in (
+        ("Seen", layout.seen_pairs, layout.seen_pairs),
+        ("Unseen", layout.unseen_train_pairs, layout.unseen_test_pairs),
+    ):
+        base = world / split
+        for aff, obj in pairs:
+            assert len(list((base / "trainset/exocentric" / aff / obj).glob("*.jpg"))) == 2
+            assert len(list((base / "trainset/egocentric" / aff / obj).glob("*.jpg"))) == 2
+        for aff, obj in test_pairs:
+            for img in (base / "testset/egocentric" / aff / obj).glob("*.jpg"):
+                assert (base / "testset/GT" / aff / obj / f"{img.stem}.png").is_file()
+                assert (base / "masks/object" / aff / obj / f"{img.stem}.png").is_file()
+                assert (base / "masks/part" / aff / obj / f"{img.stem}.png").is_file()
+        assert {p.name for p in (base / "trainset/exocentric").iterdir()} <= set(classes[split])
+    img = cv2.imread(str(next((world / "Seen/trainset/exocentric").rglob("*.jpg"))))
+    assert img.shape == (48, 48, 3)
+    for name in ("README.txt", "contact_sheet.png", MARKER_NAME):
+        assert (world / name).is_file()
+    assert "seed" in (world / "README.txt").read_text()
+
+
+def test_world_definition_is_sensible():
+    layout = world_layout()
+    assert 8 <= len(layout.seen_affordances) <= 12
+    assert 12 <= len(layout.objects) <= 16
+    assert set(layout.unseen_affordances) < set(layout.seen_affordances)  # a proper subset
+    # several objects carry affordances on different parts, so the object alone never tells the part
+    multi = [o for o, s in OBJECT_SPECS.items() if len({AFFORDANCE_PART[a] for a in s.affordances}) > 1]
+    assert len(multi) >= 6
+    # every affordance-bearing part type appears on at least two object categories
+    for ptype in set(AFFORDANCE_PART.values()) - {"cap", "spout", "mattress", "seat"}:
+        assert sum(ptype in s.part_types for s in OBJECT_SPECS.values()) >= 2, ptype
+    assert set(HELD_OUT_OBJECTS) <= set(OBJECT_SPECS)
+
+
+def test_unseen_test_objects_never_in_unseen_training(world):
+    base = world / "Unseen"
+    train_objs = {p.name for sub in ("exocentric", "egocentric") for p in (base / "trainset" / sub).glob("*/*")}
+    test_objs = {p.name for p in (base / "testset/egocentric").glob("*/*")}
+    assert test_objs == set(HELD_OUT_OBJECTS)
+    assert not train_objs & test_objs
+    unseen_affs = set(json.loads((world / "classes.json").read_text())["Unseen"])
+    test_affs = {p.name for p in (base / "testset/egocentric").iterdir()}
+    train_affs = {p.name for p in (base / "trainset/exocentric").iterdir()}
+    assert test_affs <= train_affs == unseen_affs
+
+
+def test_gt_peak_lies_inside_the_part(world):
+    fractions = []
+    for split in ("Seen", "Unseen"):
+        for gt_path in sorted((world / split / "testset/GT").rglob("*.png")):
+            rel = gt_path.relative_to(world / split / "testset/GT")
+            gt = cv2.imread(str(gt_path), cv2.IMREAD_UNCHANGED)
+            part = cv2.imread(str(world / split / "masks/part" / rel), cv2.IMREAD_UNCHANGED)
+            obj = cv2.imread(str(world / split / "masks/object" / rel), cv2.IMREAD_UNCHANGED)
+            assert gt.dtype == np.uint8 and gt.ndim == 2 and gt.max() == 255
+            assert set(np.unique(part)) <= {0, 255} and part.any()
+            assert not (part & ~obj).any()  # the part is inside the object
+            y, x = np.unravel_index(int(np.argmax(gt)), gt.shape)
+            assert part[y, x] == 255, f"GT peak off the part in {gt_path}"
+            # a good share of the heat sits on the part (the blur spills some, as in AGD20K)
+            fractions.append(gt[part > 0].astype(float).sum() / gt.astype(float).sum())
+    assert len(fractions) == 2 * (len(world_layout().seen_pairs) + len(world_layout().unseen_test_pairs))
+    assert min(fractions) > 0.25 and np.mean(fractions) > 0.45
+
+
+def test_part_types_are_recognisable_across_objects():
+    """The mean colour of an affordance part is nearest to its own part type's palette (parts stay learnable).
+
+    Rendered in memory at 96 px and passed through the same JPEG encoding as the files (at 48 px JPEG chroma
+    subsampling smears the thinnest parts into their outlines).
+    """
+    palette = {t: (np.asarray(p.color, float) + np.asarray(p.color2, float)) / 2 for t, p in PART_TYPES.items()}
+    hits = total = 0
+    for aff, obj in world_layout().seen_pairs:
+        data = synthetic._render_job(("test", aff, obj, 0, 0, 96))
+        img = cv2.cvtColor(cv2.imdecode(np.frombuffer(data["image"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        part = cv2.imdecode(np.frombuffer(data["part"], np.uint8), cv2.IMREAD_GRAYSCALE)
+        inner = cv2.erode(part, np.ones((3, 3), np.uint8)) > 0  # skip the dark outline
+        rgb = img[inner].astype(float).mean(0)
+        nearest = min(palette, key=lambda t: np.linalg.norm(palette[t] - rgb))
+        hits += nearest == AFFORDANCE_PART[aff]
+        total += 1
+    assert total == len(world_layout().seen_pairs) and hits / total > 0.85
+
+
+def test_ensure_world_reuses_regenerates_and_refuses(tmp_path, monkeypatch):
+    kw = dict(image_size=32, exo_per_folder=1, ego_per_folder=1, test_per_folder=1, progress=False)
+    root = ensure_world(tmp_path / "w", seed=0, **kw)
+    marker = json.loads((root / MARKER_NAME).read_text())
+    assert marker["seed"] == 0 and marker["image_size"] == 32
+
+    calls = []
+
+    def fake_generate(out, seed, *args):  # records the call and, like the real one, writes the marker last
+        calls.append(seed)
+        (Path(out) / MARKER_NAME).write_text(json.dumps({**marker, "seed": seed}))
+        (Path(out) / PARTIAL_NAME).unlink(missing_ok=True)
+        return Path(out)
+
+    monkeypatch.setattr(synthetic, "generate_world", fake_generate)
+    ensure_world(root, seed=0, **kw)
+    assert calls == []  # complete world with the same parameters: nothing to do
+    ensure_world(root, seed=1, **kw)
+    assert calls == [1] and json.loads((root / MARKER_NAME).read_text())["seed"] == 1
+    (root / MARKER_NAME).unlink()  # an interrupted generation leaves the partial marker and no final marker
+    (root / PARTIAL_NAME).write_text("{}")
+    ensure_world(root, seed=1, **kw)
+    assert calls == [1, 1] and (root / MARKER_NAME).is_file()
+
+    real_data = tmp_path / "agd"
+    (real_data / "Seen" / "trainset").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not overwritten"):
+        generate_world(real_data, **kw)
+    assert (real_data / "Seen" / "trainset").is_dir()
+
+
+def test_bad_parameters_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        generate_world(tmp_path / "bad", image_size=8, progress=False)
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        generate_world(tmp_path / "bad", exo_per_folder=0, progress=False)
