@@ -1,0 +1,568 @@
+"""The evaluation loop of SPEC §2: predictions for a test set, KLD/SIM/NSS per image, means, pictures, a table.
+
+Anything that maps a test batch to heatmaps is evaluated the same way, a trained model as well as a baseline
+(``utils.baselines``)::
+
+    result = evaluate(lambda batch: model.predict(batch["image"], batch["label"])["maps"], test_set)
+    print(format_table(result.summary))
+    write_pictures(result, test_set, "runs/x/pictures", n=8)
+
+Per image, the prediction is upsampled (bilinear) to the GT size and min-max normalised
+(``utils.metrics.prepare_prediction``), then scored against the GT (``utils.metrics.compute_metrics``); the
+overall numbers are plain means over all images, as in the published code. Metric time is measured apart from
+the model's time (``EvalResult.metric_seconds``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from utils.metrics import compute_metrics, prepare_prediction
+from utils.runtime import amp_context, resolve_amp_dtype
+
+__all__ = [
+    "METRICS",
+    "EvalResult",
+    "Evaluator",
+    "ImageRecord",
+    "evaluate",
+    "format_table",
+    "write_pictures",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("KLD", "SIM", "NSS")
+"""Metric names as they appear in summaries; KLD is lower-is-better, SIM and NSS higher-is-better."""
+
+PredictFn = Callable[[dict[str, Any]], torch.Tensor]
+_CHUNK = 8  # images prepared and scored together (cache-sized float64 temporaries)
+
+
+@dataclass
+class ImageRecord:
+    """The scores of one test image."""
+
+    index: int
+    """Index of the image in the evaluated dataset."""
+    path: str
+    affordance: str
+    object: str
+    kld: float
+    sim: float
+    nss: float
+    zero_gt: bool
+    """The GT map is all zero (scores are then defined as 0, see ``utils.metrics``)."""
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def _group_means(records: Sequence[ImageRecord], key: str) -> dict[str, dict[str, float | int | None]]:
+    groups: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        groups.setdefault(getattr(r, key), []).append(r)
+    return {
+        name: {
+            "KLD": _mean([r.kld for r in rs]),
+            "SIM": _mean([r.sim for r in rs]),
+            "NSS": _mean([r.nss for r in rs]),
+            "count": len(rs),
+        }
+        for name, rs in sorted(groups.items())
+    }
+
+
+class Evaluator:
+    """Accumulates per-image KLD/SIM/NSS with their affordance and object, and summarises them.
+
+    Use :meth:`update` with prepared predictions and GT maps, or :meth:`add` with values computed elsewhere.
+    Images with an all-zero GT count in every mean (with KLD = SIM = NSS = 0, as the published code scores
+    them) and are reported in ``summary()["zero_gt"]``.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[ImageRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def reset(self) -> None:
+        """Forget every image."""
+        self.records.clear()
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        gt: torch.Tensor,
+        affordances: Sequence[str],
+        objects: Sequence[str],
+        paths: Sequence[str] | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Score a batch and record it.
+
+        Args:
+            pred: (B, H, W) predictions already prepared (``utils.metrics.prepare_prediction``).
+            gt: (B, H, W) GT maps in [0, 1].
+            affordances: B affordance names.
+            objects: B object names.
+            paths: B image paths (default empty strings).
+            indices: B dataset indices (default: continuing from the images recorded so far).
+
+        Returns:
+            The batch's ``{"kld", "sim", "nss"}``, each float64 (B,).
+        """
+        if pred.dim() != 3:
+            raise ValueError(f"Evaluator.update: expected pred (B, H, W), got {tuple(pred.shape)}")
+        values = compute_metrics(pred, gt)
+        zero_gt = gt.flatten(1).amax(dim=1) <= 0  # (B,)
+        self.add(values["kld"], values["sim"], values["nss"], affordances, objects, paths, indices, zero_gt)
+        return values
+
+    def add(
+        self,
+        kld: torch.Tensor | Sequence[float],
+        sim: torch.Tensor | Sequence[float],
+        nss: torch.Tensor | Sequence[float],
+        affordances: Sequence[str],
+        objects: Sequence[str],
+        paths: Sequence[str] | None = None,
+        indices: Sequence[int] | None = None,
+        zero_gt: torch.Tensor | Sequence[bool] | None = None,
+    ) -> None:
+        """Record per-image values computed elsewhere (all sequences of length B)."""
+        klds, sims, nsss = (torch.as_tensor(v, dtype=torch.float64).flatten().tolist() for v in (kld, sim, nss))
+        b = len(klds)
+        paths = list(paths) if paths is not None else [""] * b
+        indices = [int(i) for i in indices] if indices is not None else list(range(len(self), len(self) + b))
+        zeros = torch.as_tensor(zero_gt).flatten().tolist() if zero_gt is not None else [False] * b
+        lengths = {len(sims), len(nsss), len(affordances), len(objects), len(paths), len(indices), len(zeros)}
+        if lengths != {b}:
+            raise ValueError(
+                f"Evaluator.add: every argument needs one entry per image; got {b} KLD values and lengths "
+                f"{sorted(lengths)} for the others"
+            )
+        bad = [p or str(i) for p, i, *v in zip(paths, indices, klds, sims, nsss) if not all(map(math.isfinite, v))]
+        if bad:
+            raise ValueError(f"Evaluator.add: non-finite metric values for images {bad[:5]}; check the predictions")
+        for row in zip(indices, paths, affordances, objects, klds, sims, nsss, zeros):
+            i, p, a, o, k, s, n, z = row
+            self.records.append(ImageRecord(i, str(p), str(a), str(o), k, s, n, bool(z)))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary.
+
+        Returns:
+            ``{"num_images", "KLD", "SIM", "NSS", "zero_gt", "zero_gt_paths", "per_affordance", "per_object"}``;
+            the overall values are plain means over images (None when nothing was recorded); ``per_affordance``
+            and ``per_object`` map each name (sorted) to ``{"KLD", "SIM", "NSS", "count"}``.
+        """
+        rs = self.records
+        return {
+            "num_images": len(rs),
+            "KLD": _mean([r.kld for r in rs]),
+            "SIM": _mean([r.sim for r in rs]),
+            "NSS": _mean([r.nss for r in rs]),
+            "zero_gt": sum(r.zero_gt for r in rs),
+            "zero_gt_paths": [r.path for r in rs if r.zero_gt],
+            "per_affordance": _group_means(rs, "affordance"),
+            "per_object": _group_means(rs, "object"),
+        }
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns."""
+
+    summary: dict[str, Any]
+    """``Evaluator.summary()``: overall, per-affordance and per-object means, counts, all-zero GT count."""
+    records: list[ImageRecord]
+    """Per-image scores, in dataset order."""
+    maps: torch.Tensor | None = None
+    """(N, k, k) uint8 predictions (prepared, scaled to 0..255, area-downsampled to ``keep_size``) for pictures."""
+    metric_seconds: float = 0.0
+    """Time spent in prediction preparation and the metrics (not the model, not data loading)."""
+    model_seconds: float = 0.0
+    """Time spent in ``predict_fn``."""
+    total_seconds: float = 0.0
+    """Wall time of the whole loop (data loading included)."""
+    eval_size: tuple[int, int] = (0, 0)
+    """(H, W) at which predictions and GT were compared (the GT size)."""
+
+    def record_dicts(self) -> list[dict[str, Any]]:
+        """Per-image records as plain dicts (for JSON)."""
+        return [asdict(r) for r in self.records]
+
+    def timing(self) -> dict[str, float]:
+        """Seconds spent in the model, the metrics and in total (JSON-serialisable)."""
+        return {"model": self.model_seconds, "metrics": self.metric_seconds, "total": self.total_seconds}
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Temporarily run torch CPU ops with ``n`` intra-op threads (None: leave the setting alone)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_maps(maps: Any, b: int, paths: Sequence[str]) -> torch.Tensor:
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"evaluate: predict_fn must return a (B, h, w) tensor, got {type(maps).__name__}")
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]  # (B, h, w)
+    if maps.dim() != 3 or maps.shape[0] != b:
+        raise ValueError(
+            f"evaluate: predict_fn must return (B, h, w) maps with B = {b} (one map per image for its label), got "
+            f"{tuple(maps.shape)}"
+        )
+    finite = torch.isfinite(maps).flatten(1).all(dim=1)  # (B,)
+    if not bool(finite.all()):
+        bad = [paths[i] for i in torch.nonzero(~finite).flatten().tolist()]
+        raise ValueError(f"evaluate: predict_fn returned NaN/inf maps for {bad[:5]}; check the model or checkpoint")
+    return maps.float()
+
+
+def evaluate(
+    predict_fn: PredictFn,
+    dataset: Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    amp: str = "off",
+    keep_size: int | None = 112,
+    desc: str = "evaluate",
+    metric_threads: int | None = 1,
+) -> EvalResult:
+    """Run ``predict_fn`` over a test set and score every image with KLD, SIM and NSS (SPEC §2).
+
+    Args:
+        predict_fn: ``predict_fn(batch) -> (B, h, w)`` heatmaps, one per image for its label, at any resolution
+            (the patch grid or full size). ``batch`` is the collated test batch (``image`` (B, 3, S, S), ``gt``
+            (B, E, E), ``label``, ``affordance``, ``object``, ``path``, and the masks when the dataset has them),
+            its tensors already on ``device``. Called under ``torch.no_grad()``.
+        dataset: a test set whose items hold ``image``, ``gt``, ``affordance``, ``object``, ``path``
+            (``datasets.agd20k.AGD20KTest``).
+        batch_size: images per batch.
+        num_workers: DataLoader workers (0 loads in this process).
+        device: where ``predict_fn`` and the metrics run.
+        progress: show a progress bar.
+        amp: autocast policy for ``predict_fn``: ``off`` (fp32), ``bf16`` or ``auto`` (see
+            ``utils.runtime.resolve_amp_dtype``). The metrics always run in float64.
+        keep_size: side of the predictions kept for :func:`write_pictures` (uint8, N·k² bytes); None keeps none.
+        desc: progress-bar label.
+        metric_threads: torch intra-op threads for the metrics on a CPU device (restored afterwards); None keeps
+            the process setting. The metrics are many short float64 passes, each ending in a thread barrier: on a
+            shared CPU a descheduled worker stalls every barrier (1,675 images took 15-50 s with 2 threads on our
+            busy 2-core machine, 2 s with 1), so one thread is the robust default.
+
+    Returns:
+        :class:`EvalResult` with the summary, the per-image records, the kept maps and the timings.
+    """
+    device = torch.device(device)
+    amp_dtype = resolve_amp_dtype(amp, device)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    evaluator = Evaluator()
+    kept: list[torch.Tensor] = []
+    model_s = metric_s = 0.0
+    eval_size = (0, 0)
+    start = time.perf_counter()
+    index = 0
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+            batch = _to_device(batch, device)
+            gt = batch["gt"]  # (B, E, E)
+            b = gt.shape[0]
+            paths = list(batch.get("path", [""] * b))
+
+            _sync(device)
+            t0 = time.perf_counter()
+            with amp_context(device, amp_dtype):
+                maps = predict_fn(batch)
+            maps = _check_maps(maps, b, paths)
+            _sync(device)
+            t1 = time.perf_counter()
+            eval_size = tuple(gt.shape[-2:])
+            smalls = []
+            with _intra_op_threads(metric_threads if device.type == "cpu" else None):
+                # A few images at a time keep the float64 maps in the CPU cache; see utils.metrics.compute_metrics.
+                for s in range(0, b, _CHUNK):
+                    e = min(b, s + _CHUNK)
+                    pred = prepare_prediction(maps[s:e], eval_size)  # (b', E, E) float64 in [0, 1]
+                    evaluator.update(
+                        pred,
+                        gt[s:e],
+                        batch["affordance"][s:e],
+                        batch["object"][s:e],
+                        paths[s:e],
+                        range(index + s, index + e),
+                    )
+                    if keep_size is not None:
+                        smalls.append(
+                            F.interpolate(pred[:, None].float(), size=(keep_size, keep_size), mode="area")[:, 0]
+                        )
+            _sync(device)
+            metric_s += time.perf_counter() - t1
+            model_s += t1 - t0
+
+            if smalls:
+                small = torch.cat(smalls)  # (B, k, k) in [0, 1]
+                kept.append((small * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu())
+            index += b
+    total = time.perf_counter() - start
+    if len(evaluator) == 0:
+        raise ValueError(f"evaluate: the dataset is empty ({type(dataset).__name__} has no test images)")
+    summary = evaluator.summary()
+    logger.info(
+        "%s: %d images, KLD %.4f SIM %.4f NSS %.4f (metrics %.2f s, model %.2f s, total %.2f s)",
+        desc,
+        summary["num_images"],
+        summary["KLD"],
+        summary["SIM"],
+        summary["NSS"],
+        metric_s,
+        model_s,
+        total,
+    )
+    if summary["zero_gt"]:
+        logger.info(
+            "%d test image(s) have an all-zero GT map (scored 0): %s", summary["zero_gt"], summary["zero_gt_paths"]
+        )
+    return EvalResult(
+        summary=summary,
+        records=evaluator.records,
+        maps=torch.cat(kept) if kept else None,
+        metric_seconds=metric_s,
+        model_seconds=model_s,
+        total_seconds=total,
+        eval_size=eval_size,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ table
+def format_table(summary: dict[str, Any], per_object: bool = False, title: str = "") -> str:
+    """A plain-text table: the overall means, then one row per affordance (and per object when asked).
+
+    Args:
+        summary: ``Evaluator.summary()`` / ``EvalResult.summary``.
+        per_object: add the per-object rows.
+        title: a first line (e.g. the split and checkpoint).
+
+    Returns:
+        The table, lines joined by newlines (no trailing newline).
+    """
+
+    def fmt(v: float | None) -> str:
+        return f"{v:8.4f}" if v is not None else f"{'-':>8}"
+
+    def row(name: str, d: dict[str, Any], count: int) -> str:
+        return f"{name:<20}" + "".join(fmt(d.get(m)) for m in METRICS) + f"{count:>8d}"
+
+    header = f"{'':<20}" + "".join(f"{m:>8}" for m in METRICS) + f"{'images':>8}"
+    rule = "-" * len(header)
+    lines = [title] if title else []
+    lines += [header, rule, row("overall", summary, summary["num_images"])]
+    if summary.get("zero_gt"):
+        lines.append(f"  ({summary['zero_gt']} image(s) with an all-zero GT map, scored 0 and counted in the means)")
+    for section, key in [("affordance", "per_affordance"), ("object", "per_object")][: 2 if per_object else 1]:
+        lines += [rule, f"per {section}:"]
+        lines += [row(name, d, d["count"]) for name, d in summary.get(key, {}).items()]
+    lines += [rule, "KLD: lower is better; SIM, NSS: higher is better (SPEC §2, plain means over images)."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- pictures
+def _spread(n: int, total: int) -> list[int]:
+    """n positions spread evenly over range(total) (all of them when n >= total)."""
+    if n >= total:
+        return list(range(total))
+    return sorted({round(x) for x in np.linspace(0, total - 1, n)})
+
+
+def _stack_rows(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Pad labelled tiles at the bottom (white) so that every tile has the same height."""
+    h = max(t.shape[0] for row in rows for t in row)
+    return [[np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0)), constant_values=255) for t in row] for row in rows]
+
+
+def write_pictures(
+    result: EvalResult,
+    dataset: Dataset,
+    out_dir: str | Path,
+    n: int = 8,
+    n_extremes: int = 6,
+    tile: int = 192,
+) -> list[Path]:
+    """Write N triptychs (image | prediction overlay | GT overlay) and a grid of the worst and best images by KLD.
+
+    Each triptych is titled with the affordance, the object and the image's KLD, SIM and NSS. The triptych images
+    are spread evenly over the dataset (which is ordered by affordance and object), so they cover many classes.
+
+    Args:
+        result: what :func:`evaluate` returned on ``dataset`` (with ``keep_size`` not None).
+        dataset: the evaluated test set (images and GT maps are read again from it).
+        out_dir: folder for ``triptych_<index>_<affordance>_<object>.png`` and ``worst_best_kld.png``.
+        n: number of triptychs (0: none).
+        n_extremes: images in each of the worst and best rows of the grid (0: no grid).
+        tile: side of each picture tile in pixels.
+
+    Returns:
+        The paths written.
+    """
+    import cv2  # pictures only: the metric path does not need OpenCV
+
+    from utils.viz import add_label, make_grid, overlay, save_png, to_uint8_image
+
+    if result.maps is None:
+        raise ValueError("write_pictures: the result kept no maps; run evaluate(..., keep_size=112) to draw them")
+    if len(result.records) != len(result.maps):
+        raise ValueError(f"write_pictures: {len(result.records)} records but {len(result.maps)} kept maps")
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+
+    def tiles_for(pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, ImageRecord]:
+        rec = result.records[pos]
+        item = dataset[rec.index]
+        image = item["image"]  # (3, S, S) normalised
+        base = cv2.resize(to_uint8_image(image), (tile, tile), interpolation=cv2.INTER_AREA)  # (tile, tile, 3)
+        pred = result.maps[pos].float() / 255.0  # (k, k)
+        gt = torch.as_tensor(item["gt"]).float().clamp(0, 1)  # (E, E)
+        return base, overlay(base, pred), overlay(base, gt), rec
+
+    for pos in _spread(n, len(result.records)) if n > 0 else []:
+        base, pred_ov, gt_ov, rec = tiles_for(pos)
+        row = _stack_rows([[add_label(base, "image"), add_label(pred_ov, "prediction"), add_label(gt_ov, "GT")]])
+        title = f"{rec.affordance} / {rec.object}   KLD {rec.kld:.3f}  SIM {rec.sim:.3f}  NSS {rec.nss:.3f}"
+        picture = add_label(make_grid(row), title)
+        written.append(save_png(out_dir / f"triptych_{rec.index:05d}_{rec.affordance}_{rec.object}.png", picture))
+
+    k = min(n_extremes, len(result.records) // 2) if n_extremes > 0 else 0
+    if k > 0:
+        order = sorted(range(len(result.records)), key=lambda i: result.records[i].kld)
+        groups = {"worst": order[::-1][:k], "best": order[:k]}
+        rows, labels = [], []
+        for name, positions in groups.items():
+            pred_row, gt_row = [], []
+            for pos in positions:
+                _, pred_ov, gt_ov, rec = tiles_for(pos)
+                pred_row.append(add_label(pred_ov, f"{rec.affordance}/{rec.object}\nKLD {rec.kld:.3f}"))
+                gt_row.append(add_label(gt_ov, f"SIM {rec.sim:.3f} NSS {rec.nss:.3f}"))
+            rows += [pred_row, gt_row]
+            labels += [f"{name}: prediction", f"{name}: GT"]
+        picture = add_label(make_grid(_stack_rows(rows), row_labels=labels), f"worst and best {k} images by KLD")
+        written.append(save_png(out_dir / "worst_best_kld.png", picture))
+    logger.info("wrote %d picture(s) to %s", len(written), out_dir)
+    return written
+
+
+# -------------------------------------------------------------------------------------------------- benchmark
+class _RandomTestSet(Dataset):
+    """In-memory test items with AGD20K-like GT maps, for timing the metric path alone.
+
+    Each GT is a few Gaussian blobs around random points (as AGD20K's are made from annotated points), scaled to a
+    maximum of 1 and quantised to 8 bits as a PNG would be, so it is mostly zero with smooth blobs.
+    """
+
+    def __init__(self, n: int, size: int, seed: int = 0, max_points: int = 5) -> None:
+        g = torch.Generator().manual_seed(seed)
+        points = torch.rand(n, max_points, 2, generator=g) * size  # (n, P, 2) (y, x)
+        used = torch.arange(max_points) < torch.randint(1, max_points + 1, (n, 1), generator=g)  # (n, P)
+        sigma = size * (0.03 + 0.06 * torch.rand(n, max_points, generator=g))  # (n, P) 7-20 px at 224
+        coords = torch.arange(size, dtype=torch.float32)
+        dy = (coords[None, None, :] - points[..., 0:1]) ** 2  # (n, P, size)
+        dx = (coords[None, None, :] - points[..., 1:2]) ** 2
+        two_var = 2 * sigma[..., None] ** 2  # (n, P, 1)
+        self.gt = torch.zeros(n, size, size)
+        for i in range(max_points):  # a few blobs: each a separable Gaussian, batched over images
+            blob = torch.exp(-dy[:, i, :, None] / two_var[:, i, :, None]) * torch.exp(
+                -dx[:, i, None, :] / two_var[:, i, :, None]
+            )
+            self.gt += blob * used[:, i, None, None]
+        self.gt /= self.gt.flatten(1).amax(dim=1)[:, None, None]
+        self.gt = torch.round(self.gt * 255) / 255  # 8-bit PNG levels: the tails become exact zeros
+
+    def __len__(self) -> int:
+        return len(self.gt)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"gt": self.gt[i], "label": 0, "affordance": "a", "object": "o", "path": f"{i}.png"}
+
+
+def benchmark_metrics(num_images: int = 1675, size: int = 224, grid: int = 14, batch_size: int = 32) -> EvalResult:
+    """Time :func:`evaluate` on random (grid x grid) predictions and AGD20K-like GT maps, model-free.
+
+    ``EvalResult.metric_seconds`` is the time of the protocol alone (upsampling, min-max, KLD, SIM, NSS), for
+    ``num_images`` images at ``size`` x ``size`` (the AGD20K Seen test set: 1,675 images at 224).
+    """
+    data = _RandomTestSet(num_images, size)
+    g = torch.Generator().manual_seed(1)
+    return evaluate(
+        lambda b: torch.rand(len(b["gt"]), grid, grid, generator=g),
+        data,
+        batch_size=batch_size,
+        progress=False,
+        keep_size=None,
+        desc="benchmark",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m utils.evaluation --benchmark``: print the metric time of a Seen-sized test set."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m utils.evaluation", description="Time the evaluation protocol.")
+    p.add_argument("--benchmark", action="store_true", help="Time the metric path on random maps (no model).")
+    p.add_argument("--images", type=int, default=1675, help="Number of test images (AGD20K Seen: 1675).")
+    p.add_argument("--size", type=int, default=224, help="Evaluation size (the protocol: 224).")
+    p.add_argument("--grid", type=int, default=14, help="Side of the predicted maps before upsampling (ViT-S/16: 14).")
+    p.add_argument("--batch-size", type=int, default=32, help="Images per batch.")
+    p.add_argument("--repeats", type=int, default=3, help="Timed runs; the best is reported.")
+    args = p.parse_args(argv)
+    if not args.benchmark:
+        p.error("nothing to do: pass --benchmark")
+    runs = [benchmark_metrics(args.images, args.size, args.grid, args.batch_size) for _ in range(args.repeats)]
+    times = [r.metric_seconds for r in runs]
+    print(
+        f"metric time for {args.images} images at {args.size}x{args.size} (from {args.grid}x{args.grid} maps, batch "
+        f"{args.batch_size}, metrics on 1 thread): best {min(times):.3f} s, runs "
+        + ", ".join(f"{t:.3f}" for t in times)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
