@@ -31,6 +31,7 @@ __all__ = [
     "config_help",
     "config_to_dict",
     "load_config",
+    "parse_override",
     "save_config",
 ]
 
@@ -175,11 +176,15 @@ class TrainConfig:
     epochs: int = _f(15, "Training epochs (the published schedule: 15).")
     batch_size: int = _f(16, "Samples per step, each 1 egocentric + num_exo exocentric images.")
     lr: float = _f(1e-3, "Base learning rate (weights x1, biases x2, adapter and aff_fc x10, their biases x20).")
+    head_lr_mult: float = _f(
+        10.0, "Learning-rate multiplier of the adapter (aff_proj) and aff_fc (published: 10; 1 suits AdamW)."
+    )
+    bias_lr_mult: float = _f(2.0, "Learning-rate multiplier of biases (published: 2; their heads get both).")
     momentum: float = _f(0.9, "SGD momentum (Nesterov).")
     nesterov: bool = _f(True, "Use Nesterov momentum.")
     weight_decay: float = _f(5e-4, "Weight decay.")
     optimizer: str = _f("sgd", "Optimiser: 'sgd' (published recipe) or 'adamw'.", ("sgd", "adamw"))
-    lr_step: int = _f(5, "StepLR: multiply the learning rate by lr_gamma every lr_step epochs.")
+    lr_step: int = _f(5, "StepLR: multiply the learning rate by lr_gamma every lr_step epochs (0: constant rate).")
     lr_gamma: float = _f(0.1, "StepLR decay factor.")
     amp: str = _f(
         "auto",
@@ -423,12 +428,17 @@ def _keep_strings(cfg_cls: type, path: list[str], value: Any, raw: str) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (with its `_base_` chain), then ``section.key=value`` overrides.
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then ``base`` or the YAML file (with its `_base_` chain), then ``section.key=value`` overrides.
 
     Args:
         path: a YAML file holding only what differs from the defaults, or None for the defaults.
         overrides: command-line overrides such as ``train.lr=0.01`` or ``model.cls_heads=[0,2]``.
+        base: a (possibly partial) config dict used in place of a file, e.g. the config stored in a checkpoint.
 
     Returns:
         The validated configuration.
@@ -436,7 +446,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     Raises:
         ConfigError: an unknown key (with the closest valid one), a wrong type, or a nonsense value.
     """
-    data = _read_yaml(Path(path)) if path is not None else {}
+    if path is not None and base is not None:
+        raise ConfigError("load_config: give a config file or a base dict, not both")
+    data = _read_yaml(Path(path)) if path is not None else _copy(base or {})
     for text in overrides:
         key_path, value = parse_override(text)
         value = _keep_strings(Config, key_path, value, text)
@@ -515,6 +527,8 @@ def validate(cfg: Config) -> None:
     ):
         _check(value >= 0, key, value, "an integer >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
+    _check(t.head_lr_mult > 0, "train.head_lr_mult", t.head_lr_mult, "a positive multiplier")
+    _check(t.bias_lr_mult > 0, "train.bias_lr_mult", t.bias_lr_mult, "a positive multiplier")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
     _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a value in [0, 1)")
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a value in (0, 1]")
