@@ -27,6 +27,16 @@ __all__ = ["main", "parse_args"]
 
 logger = logging.getLogger("test")
 
+#: Longer side at which --image inference decodes a photo: a larger one is shrunk while it is decoded (JPEGs are
+#: decoded at 1/2, 1/4 or 1/8 scale), so a 8000x6000 photo needs a few MB, not the 576 MB of a float32 copy.
+#: The network sees data.image_size pixels anyway; the written maps have this resolution at most.
+MAX_IMAGE_SIDE = 1024
+
+
+class ImageInputError(ValueError):
+    """The --image file cannot be used (not an image, corrupt, truncated)."""
+
+
 _DESCRIPTION = """\
 Evaluate an affordance grounder or a baseline on the test split(s) (KLD, SIM, NSS; SPEC §2), or predict the
 heatmap of one image. Data options come from --config and section.key=value overrides; the model is rebuilt from
@@ -117,7 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="PATH",
         help="Predict on this image instead of evaluating (needs --checkpoint): writes a PNG overlay and the map as "
-        ".npy (image resolution, values in [0, 1]) into --out.",
+        f".npy (image resolution, values in [0, 1]) into --out. Images with a side above {MAX_IMAGE_SIDE} px are "
+        f"shrunk while decoding (longer side {MAX_IMAGE_SIDE}); the maps then have that resolution.",
     )
     p.add_argument(
         "--affordance",
@@ -212,11 +223,17 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
     import torch
 
     from datasets.images import read_image, to_tensor
+    from utils.maps import normalize_minmax
     from utils.viz import add_label, hstack, overlay, save_png
 
     out_dir = _default_out(args, cfg)
     path = Path(args.image)
-    rgb = read_image(path)  # (H, W, 3) uint8
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {path}: no such file. Pass the path of an image (JPEG, PNG, ...).")
+    try:
+        rgb = read_image(path, max_side=MAX_IMAGE_SIDE)  # (H, W, 3) uint8, shrunk while decoding if huge
+    except ValueError as e:
+        raise ImageInputError(f"--image {path}: {e}") from e
     h, w = rgb.shape[:2]
     x = to_tensor(rgb, cfg.data.image_size)[None].to(device)  # (1, 3, S, S)
     shown = _display_size(rgb)  # pictures only; the .npy maps keep the image's resolution
@@ -235,10 +252,13 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
             written.append(out_dir / f"{stem}_{tag}.npy")
             print(f"{path}: '{query}' heatmap -> {written[0]} (map: {written[1]})")
         else:
-            out = model.predict(x, None, output_size=(h, w))
+            out = model.predict(x, None)  # maps at the network's input size: C full-size maps could be large
             probs = out["probs"][0].float().cpu()  # (C,)
             top = torch.topk(probs, k=min(3, len(class_names)))
-            maps = out["all_maps"][0, top.indices].float().cpu().numpy()  # (3, H, W)
+            # upsample only the top maps, as predict() does for all of them (bilinear, then min-max)
+            raw = out["ego_pred"][:, top.indices].float()  # (1, 3, h, w)
+            up = torch.nn.functional.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
+            maps = normalize_minmax(up)[0].cpu().numpy()  # (3, H, W)
             names = [class_names[i] for i in top.indices.tolist()]
             tiles = [add_label(shown, path.name)]
             print(f"{path}: top-{len(names)} affordances")
@@ -267,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(None)
     try:
         return _run(args)
-    except (ConfigError, CheckpointError, CheckpointMismatchError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, CheckpointMismatchError, FileNotFoundError, ImageInputError) as e:
         # These messages already say what was expected and what to do: no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2

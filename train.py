@@ -72,6 +72,29 @@ def _new_run_dir(cfg: Any, runs_root: Path = Path("runs")) -> Path:
     return run
 
 
+def _check_input_size(cfg: Any) -> None:
+    """Fail before any work when ``data.image_size`` is not a multiple of the backbone's patch size.
+
+    The ViT is built on the ``meta`` device (no memory, no weights) just to read its patch size.
+    """
+    import timm
+    import torch
+
+    from utils.config import ConfigError
+
+    kwargs = {k: v for k, v in cfg.model.backbone.kwargs.items() if k != "img_size"}
+    with torch.device("meta"):
+        vit = timm.create_model(cfg.model.backbone.name, pretrained=False, num_classes=0, **kwargs)
+    patch = int(vit.patch_embed.patch_size[0])
+    size = cfg.data.image_size
+    if size % patch:
+        raise ConfigError(
+            f"data.image_size={size} is invalid: expected a multiple of the patch size {patch} of "
+            f"{cfg.model.backbone.name}, e.g. data.image_size={max(patch, size // patch * patch)} (and data.eval_size, "
+            "data.resize_size to match)"
+        )
+
+
 def _finished(split_dir: Path, epochs: int) -> bool:
     """True when ``split_dir`` holds the report of a run trained for at least ``epochs`` epochs."""
     path = split_dir / "metrics.json"
@@ -253,6 +276,9 @@ def train_split(
                             writer.add_scalar(f"eval/{k}", v, global_step)
                 barrier()
             if main_proc:
+                # the log line first: a kill before the checkpoint below is resumed from the previous epoch, whose
+                # resume drops this line (truncate_after) and writes it again; the other order could lose it
+                jsonl.append(record)
                 extra = {"history": history, "best_kld": best_kld}
                 save_checkpoint(
                     split_dir / "last.pth",
@@ -273,7 +299,6 @@ def train_split(
                         extra=extra,
                         **ckpt_kwargs,
                     )
-                jsonl.append(record)
                 if writer is not None:
                     for k, v in stats.items():  # epoch averages, smoother than the per-step train/* curves
                         writer.add_scalar(f"epoch/{k}", v, epoch + 1)
@@ -327,7 +352,7 @@ def train_split(
 
 def main(argv: list[str] | None = None) -> int:
     """Train every split of the configuration; returns the process exit status (0)."""
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import load_checkpoint, remove_stale_temp_files
     from utils.config import load_config, save_config
     from utils.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
     from utils.runtime import seed_everything, setup_logging
@@ -341,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if run_cfg.is_file():
             config_path = str(run_cfg)
     cfg = load_config(config_path, args.overrides)
+    _check_input_size(cfg)  # before any folder is made
     dist, device = init_distributed(cfg.device)
     try:
         # ============================================================================================ run
@@ -371,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             barrier()
 
+        from datasets.agd20k import load_class_names
+
+        for split in cfg.data.splits:
+            load_class_names(cfg.data.root, split)  # every split's folder and class list, before training any
+
         given = Path(args.resume) if args.resume not in (None, "auto") else None
         # the split a given checkpoint continues is the one it was trained on (whatever folder it now lies in)
         given_split = load_checkpoint(given).get("split") if given is not None else None
@@ -384,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             resume = None
             if args.resume is not None:
+                if dist.is_main:
+                    remove_stale_temp_files(split_dir)  # writes a kill interrupted: never read, now deleted
                 if given is not None and given_split == split:
                     resume = given
                 elif (split_dir / "last.pth").is_file():

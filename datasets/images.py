@@ -82,7 +82,25 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported pixel type {img.dtype}; expected uint8, uint16 or float.")
 
 
-def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
+def _decode_reduced_jpeg(buf: np.ndarray, max_side: int) -> np.ndarray | None:
+    """Decode a large JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: the full image never exists in memory).
+
+    Returns BGR uint8 with the longer side still >= ``max_side``, or None when no reduction applies (small image,
+    or the probe fails).
+    """
+    # the 1/8 decode is cheap (1/64 of the pixels) and tells the full size to within 8 px
+    flags = cv2.IMREAD_IGNORE_ORIENTATION  # the full-size path (IMREAD_UNCHANGED) ignores EXIF orientation too
+    probe = cv2.imdecode(buf, cv2.IMREAD_REDUCED_COLOR_8 | flags)
+    if probe is None:
+        return None
+    longer = 8 * max(probe.shape[:2])
+    for factor, mode in ((8, None), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if longer // factor >= max_side:
+            return probe if mode is None else cv2.imdecode(buf, mode | flags)
+    return None
+
+
+def decode_image(data: bytes, source: str | os.PathLike = "<bytes>", max_side: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to uint8 RGB (H, W, 3).
 
     Grayscale becomes 3 identical channels, the alpha channel of RGBA is dropped (the colour is kept as stored,
@@ -91,13 +109,28 @@ def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarr
     Args:
         data: the encoded file content (JPEG, PNG, ...).
         source: the file name shown in error messages.
+        max_side: if given, a larger image is shrunk (area interpolation, aspect ratio kept) so that its longer
+            side is ``max_side``, right after decoding and before any float conversion; a large JPEG is even
+            decoded at a reduced scale, so that memory stays bounded for any camera resolution.
 
     Raises:
         ValueError: the bytes are not a decodable image, or a JPEG is truncated.
     """
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
     _check_not_truncated(data, source)
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    img = None
+    if max_side is not None and data[:2] == b"\xff\xd8" and buf.size:
+        img = _decode_reduced_jpeg(buf, max_side)
+    if img is None:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is not None and max_side is not None and max(img.shape[:2]) > max_side:
+        h, w = img.shape[:2]
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        logger.info("'%s' (%dx%d as decoded) shrunk to %dx%d (max_side %d)", source, w, h, *size, max_side)
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)  # still uint8/uint16: no float copy
     if img is None:
         raise ValueError(
             f"Could not decode '{source}' as an image (not an image, or a corrupt/truncated file). "
@@ -116,14 +149,18 @@ def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarr
     raise ValueError(f"Could not decode '{source}': expected 1, 3 or 4 channels, found {channels}.")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3).
+
+    Args:
+        path: the image file.
+        max_side: shrink larger images to this longer side while decoding (see :func:`decode_image`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it).
         ValueError: the file exists but could not be decoded (non-image, corrupt or truncated).
     """
-    return decode_image(_read_bytes(path), path)
+    return decode_image(_read_bytes(path), path, max_side=max_side)
 
 
 def read_gt(path: str | os.PathLike) -> np.ndarray:

@@ -14,7 +14,12 @@ pickles, SPEC §4). It holds:
 - ``config`` (the resolved configuration dict), ``class_names``, ``split`` and ``extra`` (training history).
 
 Writes go to a temporary file in the destination folder, are flushed and fsynced, then ``os.replace``d over the
-destination, so that an interrupted write leaves the previous checkpoint intact.
+destination, so that an interrupted write leaves the previous checkpoint intact. A write killed outright
+(SIGKILL, power loss) can leave a ``.<name>.<random>.tmp`` file beside it; loaders never read those (they end in
+``.tmp``, not ``.pth``) and :func:`remove_stale_temp_files` deletes them when a run resumes.
+
+For tests only, the environment variable ``WSAG_TEST_CHECKPOINT_WRITE_DELAY`` (seconds) makes every write pause
+between writing the temporary file and renaming it, so that a test can kill a process inside that window.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ __all__ = [
     "get_rng_state",
     "load_checkpoint",
     "load_model_state",
+    "remove_stale_temp_files",
     "restore_training_state",
     "save_checkpoint",
     "set_rng_state",
@@ -145,6 +152,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        delay = float(os.environ.get("WSAG_TEST_CHECKPOINT_WRITE_DELAY") or 0)  # tests: widen the kill window
+        if delay > 0:
+            time.sleep(delay)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -158,6 +168,25 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in ``folder``; returns them.
+
+    Only call it when no other process writes checkpoints into ``folder`` (a resuming run owns its folder).
+    """
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.pth.*.tmp")):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        logger.warning(
+            "removed %d unfinished checkpoint write(s) of an interrupted run: %s",
+            len(removed),
+            [p.name for p in removed],
+        )
+    return removed
 
 
 def _get_field(d: dict[str, Any], dotted: str) -> Any:
@@ -272,7 +301,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(e).__name__}: {_reason(e)}). "
             "The file is truncated (an interrupted copy or write) or is not a weights-only checkpoint of this "
-            "repository. Use another checkpoint (best.pth or last.pth of the run), copy the file again, or retrain."
+            "repository (objects other than tensors and plain data are refused, and nothing in the file was run). "
+            "Use another checkpoint (best.pth or last.pth of the run), copy the file again, or retrain."
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = f"a dict with keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -287,9 +317,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _reason(e: Exception) -> str:
     """The informative line of a torch.load error (the weights-only unpickler buries it in a long text)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if "Unsupported global" in ln or "WeightsUnpickler error" in ln:
+    for i, ln in enumerate(lines):
+        if "Unsupported global" in ln:
             return ln[:300]
+        if "WeightsUnpickler error" in ln:
+            detail = ln.split("WeightsUnpickler error", 1)[1].strip(" :")
+            if not detail and i + 1 < len(lines):  # the reason is on the next line
+                detail = lines[i + 1]
+            return f"WeightsUnpickler error: {detail}"[:300]
     return lines[0][:300] if lines else "no message"
 
 

@@ -449,7 +449,7 @@ def evaluate_model(
         num_workers=cfg.data.num_workers,
         device=device,
         progress=sys.stderr.isatty(),
-        amp=cfg.train.amp,
+        amp="off",  # reported numbers come from fp32 maps, as test.py's, whatever the training precision
         keep_size=112 if cfg.eval.viz else None,
         desc=desc,
     )
