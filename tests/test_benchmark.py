@@ -1,0 +1,46 @@
+"""The speed and memory benchmark runs end to end and reports every number (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from utils import benchmark
+
+TINY = [
+    "model.backbone.name=vit_small_patch16_224",
+    "model.backbone.kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
+    "model.cls_heads=[0,1]",
+    "model.kmeans_iters=5",
+    "data.image_size=32",
+    "data.resize_size=36",
+    "data.eval_size=32",
+    "train.amp=off",
+]
+
+
+def test_benchmark_writes_every_measurement(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = benchmark.main(
+        ["--config", "configs/synthetic.yaml", "--device", "cpu", "--batch-size", "2", "--warmup", "0",
+         "--repeats", "1", "--amp", "--out", str(out), *TINY]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["batch_size"] == 2 and report["image_size"] == 32
+    assert set(report["results"]) == {"fp32", "bf16"}  # --amp adds the bf16 column beside fp32
+    for column in report["results"].values():
+        for key, _, _ in benchmark.ROWS:
+            assert column[key] > 0, key
+        # one training step runs the backbone on 1 + num_exo images per sample, plus the heads and backward
+        assert column["train_step_s"] > 0 and column["backbone_step_images_s"] > 0
+    printed = capsys.readouterr().out
+    assert "training step (samples/s)" in printed and "target <= 1.6" in printed
+
+
+def test_benchmark_rejects_a_bad_override(tmp_path):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.batch_sz"):
+        benchmark.main(["--config", "configs/synthetic.yaml", "--out", str(tmp_path / "b.json"), "train.batch_sz=2"])
