@@ -125,6 +125,7 @@ def test_bad_overrides_name_the_key(override, pattern):
         ("model.saliency=bitalign", r"model\.text\.encoder=clip or learned"),
         ("device=gpu", r"device='gpu' is invalid"),
         ("data.resize_size=100", r"data\.resize_size=100 is invalid: expected >= data\.image_size \(224\)"),
+        ("model.backbone.kwargs={patch_size:8}", r"needs a space after each colon"),
     ],
 )
 def test_nonsense_values_fail_before_any_work(override, pattern):

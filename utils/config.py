@@ -558,6 +558,14 @@ def validate(cfg: Config) -> None:
         m.text_gating,
         "false when model.text.encoder is 'none' (gating needs text features)",
     )
+    for key, value in m.backbone.kwargs.items():
+        # YAML reads `{patch_size:8}` as one key 'patch_size:8' with no value: say what to type instead
+        _check(
+            not (value is None and ":" in str(key)),
+            "model.backbone.kwargs",
+            m.backbone.kwargs,
+            "a mapping such as {patch_size: 8} (YAML needs a space after each colon)",
+        )
     dev = cfg.device
     ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
     _check(ok_dev, "device", dev, "auto, cpu, cuda or cuda:N")
