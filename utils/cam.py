@@ -751,7 +751,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="cam,gradcam,gradcampp,scorecam",
-        help=f"comma-separated, from cam,{','.join(_METHOD_TITLES)} (default cam,gradcam,gradcampp,scorecam)",
+        help=f"comma-separated, from {','.join(_METHOD_TITLES)} (default cam,gradcam,gradcampp,scorecam)",
     )
     p.add_argument("--layer", default=None, help="target layer name (default layer4 for ResNets, blocks.-1.norm1)")
     p.add_argument("--class-index", type=int, default=None, help="class to explain (default: the predicted one)")
