@@ -240,7 +240,7 @@ class Grounder(nn.Module):
             epoch: 0-based epoch; the prototype loss counts from ``proto_warmup_epochs`` on.
 
         Returns:
-            The dict documented in notes/INTERFACES.md (``aff_cam``, ``gt_aff_cam``, ``ego_pred``, ``gt_ego_cam``,
+            The dict of (``aff_cam``, ``gt_aff_cam``, ``ego_pred``, ``gt_ego_cam``,
             logits, saliency outputs, part outputs and ``losses``).
         """
         exo, ego = batch["exo"], batch["ego"]
@@ -506,6 +506,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         conc_weight=cfg.loss.conc,
         contra_weight=cfg.loss.contra,
         proto_warmup_epochs=cfg.loss.proto_warmup_epochs,
+        proto_margin=cfg.loss.proto_margin,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

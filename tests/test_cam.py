@@ -353,6 +353,16 @@ def test_cli_grounder_panel_from_a_checkpoint(tmp_path):
     out = tmp_path / "panel.png"
     image = _write_image(tmp_path / "x.png")
     assert main(["--checkpoint", str(ckpt), "--image", image, "--affordance", "hold", "--out", str(out)]) == 0
-    assert cv2.imread(str(out)) is not None
+    ego_only = cv2.imread(str(out))
+    assert ego_only is not None
     with pytest.raises(ValueError, match="not a class of this checkpoint"):
         main(["--checkpoint", str(ckpt), "--image", image, "--affordance", "jump", "--out", str(out)])
+    # With exocentric images the panel gains the exo row (their gt_aff_cam) and the part-prototype row.
+    exo = [_write_image(tmp_path / f"exo{i}.png", size=48 + 16 * i) for i in range(2)]
+    with_exo = tmp_path / "panel_exo.png"
+    argv = ["--checkpoint", str(ckpt), "--image", image, "--affordance", "hold", "--out", str(with_exo)]
+    assert main([*argv, "--exo", *exo]) == 0
+    full = cv2.imread(str(with_exo))
+    assert full is not None and full.shape[0] > ego_only.shape[0] + 100  # two more rows of tiles
+    with pytest.raises(ValueError, match="--exo needs --checkpoint"):
+        main(["--image", image, "--out", str(out), "--exo", *exo])

@@ -81,7 +81,8 @@ def _num_test_images(world_root: Path, split: str) -> int:
 
 @pytest.mark.parametrize("baseline", ["center", "uniform", "object"])
 def test_baselines_write_metrics(script, world, baseline, capsys) -> None:
-    assert script.main(["--config", str(world["config"]), "--baseline", baseline, "--no-progress"]) == 0
+    argv = ["--config", str(world["config"]), "--baseline", baseline, "--viz", "1", "--no-progress"]
+    assert script.main(argv) == 0
     out = world["base"] / "run" / f"baseline-{baseline}"  # default: <output.dir>/baseline-<name>
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baseline"] == baseline and metrics["checkpoint"] is None
@@ -94,6 +95,8 @@ def test_baselines_write_metrics(script, world, baseline, capsys) -> None:
         assert sum(d["count"] for d in res["per_object"].values()) == res["num_images"]
         assert res["zero_gt"] == 0
         assert len(json.loads((out / split / "per_image.json").read_text())) == res["num_images"]
+        pictures = sorted(p.name for p in (out / split / "pictures").glob("*.png"))
+        assert "worst_best_kld.png" in pictures and any(p.startswith("triptych_") for p in pictures), pictures
     printed = capsys.readouterr().out
     assert "overall" in printed and "Seen test" in printed and "metrics:" in printed
 

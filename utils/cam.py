@@ -760,6 +760,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--checkpoint", default=None, help="our grounder's checkpoint: draw its panel instead")
     p.add_argument("--affordance", default=None, help="with --checkpoint: the affordance name to ground")
+    p.add_argument(
+        "--exo",
+        nargs="+",
+        default=None,
+        metavar="IMAGE",
+        help="with --checkpoint: exocentric images of the affordance (people using the object); the panel then also "
+        "shows their gt_aff_cam and the part-prototype similarity maps with their scores",
+    )
     return p
 
 
@@ -813,13 +821,24 @@ def _grounder_panel(args: argparse.Namespace) -> np.ndarray:
     if args.affordance not in class_names:
         raise ValueError(f"--affordance {args.affordance!r} is not a class of this checkpoint: {class_names}")
     _, x = _read_image(args.image, cfg.data.image_size)
-    out = model.predict(x.to(args.device), labels=[args.affordance])
-    return model_panel(x[0], out, class_names, args.affordance, colormap=args.colormap)
+    x = x.to(args.device)
+    if not args.exo:
+        out = model.predict(x, labels=[args.affordance])
+        return model_panel(x[0], out, class_names, args.affordance, colormap=args.colormap)
+    # With exocentric images, one forward pass as in training: the exo CAMs and the part prototypes join the panel.
+    exo = torch.cat([_read_image(path, cfg.data.image_size)[1] for path in args.exo])  # (n, 3, S, S)
+    label = torch.tensor([class_names.index(args.affordance)], device=x.device)
+    model.eval()
+    with torch.no_grad():
+        out = model({"exo": exo[None].to(x.device), "ego": x, "label": label})  # exo (1, n, 3, S, S)
+    return model_panel(x[0], out, class_names, args.affordance, exo=exo, colormap=args.colormap)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m utils.cam --image X --out out.png [--arch ...] [--methods ...]``."""
     args = _build_parser().parse_args(argv)
+    if args.exo and not args.checkpoint:
+        raise ValueError("--exo needs --checkpoint (exocentric images only enter our grounder's panel)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from utils.viz import save_png
 

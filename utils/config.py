@@ -169,6 +169,11 @@ class LossConfig:
     conc: float = _f(0.07, "Weight of the concentration loss on the egocentric class maps.")
     contra: float = _f(1.0, "Weight of the image-text contrastive loss (used only with a text encoder).")
     proto_warmup_epochs: int = _f(1, "Epochs before the prototype loss starts (LOCATE: it starts at the second).")
+    proto_margin: float = _f(
+        0.5,
+        "Hinge margin of the prototype loss, max(0, 1 - cos - margin) (LOCATE: 0.5). The loss is silent once the "
+        "cosine exceeds 1 - margin; lower it when descriptors are less spread out than DINO's.",
+    )
 
 
 @dataclass

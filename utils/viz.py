@@ -506,7 +506,7 @@ def model_panel(
 ) -> np.ndarray:
     """Draw, for one sample, every internal map of the grounder that ``outputs`` holds, each labelled.
 
-    Rows (each only when its keys are present; see INTERFACES.md for the keys):
+    Rows (each only when its keys are present; the keys of ``Grounder.forward`` and ``Grounder.predict``):
         - ego: the image, ``ego_pred`` (label channel; else ``maps``, predict's upsampled map), ``saliency``,
           ``attnpool_mask``;
         - exo: each exocentric image with its ``gt_aff_cam`` (the bare map when ``exo`` is not given);
