@@ -191,11 +191,13 @@ def train_split(
     # ================================================================================================ loss
     logger.info("==================== %s: loss ====================", split)
     logger.info(
-        "L = CE_ego + CE_exo + %g proto (from epoch %d) + %g conc%s",
+        "L = CE_ego + CE_exo + %g proto (from epoch %d, margin %g) + %g conc%s%s",
         cfg.loss.proto,
         cfg.loss.proto_warmup_epochs + 1,
+        cfg.loss.proto_margin,
         cfg.loss.conc,
         f" + {cfg.loss.contra:g} contra" if cfg.model.text.encoder != "none" else "",
+        f" + {cfg.loss.sep:g} sep" if cfg.loss.sep > 0 else "",
     )
 
     # =========================================================================================== optimizer

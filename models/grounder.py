@@ -41,6 +41,7 @@ from models.losses import (
     concentration_loss,
     contrastive_loss,
     prototype_loss,
+    separation_loss,
     weighted_pool,
 )
 from models.parts import select_part_prototypes
@@ -80,6 +81,7 @@ class Grounder(nn.Module):
         adapter_ratio: hidden width of ``aff_proj`` as a multiple of the descriptor width.
         proto_weight: λ of the prototype loss.
         conc_weight: λ of the concentration loss.
+        sep_weight: λ of the class-map separation loss (ours; 0 in the published recipe).
         contra_weight: λ of the contrastive loss (used only with ``text``).
         proto_warmup_epochs: the prototype loss counts from this (0-based) epoch on.
         proto_margin: hinge margin of the prototype loss.
@@ -102,6 +104,7 @@ class Grounder(nn.Module):
         adapter_ratio: int = 4,
         proto_weight: float = 1.0,
         conc_weight: float = 0.07,
+        sep_weight: float = 0.0,
         contra_weight: float = 1.0,
         proto_warmup_epochs: int = 1,
         proto_margin: float = 0.5,
@@ -140,6 +143,7 @@ class Grounder(nn.Module):
         self.kmeans_seed = kmeans_seed
         self.proto_weight = proto_weight
         self.conc_weight = conc_weight
+        self.sep_weight = sep_weight
         self.contra_weight = contra_weight
         self.proto_warmup_epochs = proto_warmup_epochs
         self.proto_margin = proto_margin
@@ -294,6 +298,7 @@ class Grounder(nn.Module):
         else:
             proto = zero
         conc = concentration_loss(ego_pred)
+        sep = separation_loss(ego_pred, ego_out["logits"]) if self.sep_weight > 0 else zero
         if self.text is not None and self.contra_weight > 0:
             contra = contrastive_loss(
                 ego_out["pool"].pooled, text_feats, label, self._scale(), temperature=self.contra_temperature
@@ -301,6 +306,7 @@ class Grounder(nn.Module):
         else:
             contra = zero
         total = ce_ego + ce_exo + self.proto_weight * proto + self.conc_weight * conc + self.contra_weight * contra
+        total = total + self.sep_weight * sep
         return {
             "aff_cam": aff_cam,
             "gt_aff_cam": gt_aff_cam,
@@ -322,6 +328,7 @@ class Grounder(nn.Module):
                 "ce_exo": ce_exo,
                 "proto": proto,
                 "conc": conc,
+                "sep": sep,
                 "contra": contra,
                 "total": total,
             },
@@ -504,6 +511,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         adapter_ratio=m.adapter_ratio,
         proto_weight=cfg.loss.proto,
         conc_weight=cfg.loss.conc,
+        sep_weight=cfg.loss.sep,
         contra_weight=cfg.loss.contra,
         proto_warmup_epochs=cfg.loss.proto_warmup_epochs,
         proto_margin=cfg.loss.proto_margin,

@@ -8,6 +8,9 @@ L = CE_ego + mean_n CE_exo + λ_proto · L_proto + λ_conc · L_conc (+ λ_contr
 - :func:`concentration_loss` (SCOPS, Hung et al., CVPR 2019): every class map becomes a spatial distribution
   (min-max, + 1e-3, / sum) on coordinates in [−1, 1); its spatial variance is penalised.
 - :func:`contrastive_loss`: CE over logit_scale · cos(image feature, text feature of each class) / temperature.
+- :func:`separation_loss` (ours, not in LOCATE): the maps of the classes an egocentric image is predicted to afford
+  should cover different places. LOCATE's maps for "hold" and "cut_with" on a knife come out nearly the same, because
+  nothing in its losses tells them apart (SPEC §4); this term penalises their overlap.
 
 Every function disables autocast and casts to float32, and every division that a zero mask can reach is guarded.
 """
@@ -29,6 +32,7 @@ __all__ = [
     "contrastive_loss",
     "fp32",
     "prototype_loss",
+    "separation_loss",
     "weighted_pool",
 ]
 
@@ -160,3 +164,35 @@ def contrastive_loss(
         scale = logit_scale.float() if isinstance(logit_scale, torch.Tensor) else logit_scale
         logits = scale * (img @ txt.t()) / temperature  # (B, C)
         return F.cross_entropy(logits, labels)
+
+
+def separation_loss(maps: torch.Tensor, logits: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Overlap of the class maps of the affordances an image is predicted to have, weighted by their probabilities.
+
+    Each map becomes a spatial distribution as in :func:`concentration_loss` (min-max, + ``eps``, / sum); the overlap
+    of classes c and c' is their histogram intersection Σ_x min(p_c(x), p_c'(x)) in [0, 1]. With q = softmax(logits)
+    (detached: the term moves the maps, not the classifier), the loss is
+
+        Σ_{c ≠ c'} q_c q_c' · overlap(c, c') / Σ_{c ≠ c'} q_c q_c',
+
+    so an image that is confidently one class contributes nothing, and one that is half "hold", half "cut_with" (a
+    knife: the image alone cannot tell which of its affordances was asked) pushes those two maps apart.
+
+    Args:
+        maps: (B, C, h, w) raw class activation maps.
+        logits: (B, C) the image's class logits.
+        eps: shift added after the min-max.
+
+    Returns:
+        0-d float32 tensor in [0, 1].
+    """
+    with fp32(maps.device):
+        p = normalize_minmax(maps.float()) + eps
+        p = p.flatten(2)
+        p = p / p.sum(dim=-1, keepdim=True)  # (B, C, hw), each row sums to 1
+        q = logits.detach().float().softmax(dim=-1)  # (B, C)
+        overlap = torch.minimum(p.unsqueeze(2), p.unsqueeze(1)).sum(dim=-1)  # (B, C, C)
+        pair = q.unsqueeze(2) * q.unsqueeze(1)  # (B, C, C)
+        off = 1.0 - torch.eye(q.shape[1], device=q.device, dtype=q.dtype)
+        pair = pair * off
+        return (pair * overlap).sum() / pair.sum().clamp_min(1e-12)

@@ -167,6 +167,11 @@ class ModelConfig:
 class LossConfig:
     proto: float = _f(1.0, "Weight of the part-prototype hinge loss (0 disables it; an ablation).")
     conc: float = _f(0.07, "Weight of the concentration loss on the egocentric class maps.")
+    sep: float = _f(
+        0.0,
+        "Weight of the class-map separation loss (ours, not in LOCATE): the maps of the affordances an egocentric "
+        "image is predicted to have must not overlap. 0 keeps the published recipe.",
+    )
     contra: float = _f(1.0, "Weight of the image-text contrastive loss (used only with a text encoder).")
     proto_warmup_epochs: int = _f(1, "Epochs before the prototype loss starts (LOCATE: it starts at the second).")
     proto_margin: float = _f(
@@ -538,7 +543,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a value in [0, 1)")
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a value in (0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
-    for key in ("proto", "conc", "contra"):
+    _check(cfg.loss.proto_margin < 1, "loss.proto_margin", cfg.loss.proto_margin, "a margin below 1")
+    for key in ("proto", "conc", "contra", "sep"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
     for key in ("aff_cam_thd", "part_iou_thd"):
         _check(0 <= getattr(m, key) <= 1, f"model.{key}", getattr(m, key), "a threshold in [0, 1]")
