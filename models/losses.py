@@ -175,8 +175,9 @@ def separation_loss(maps: torch.Tensor, logits: torch.Tensor, eps: float = 1e-3)
 
         Σ_{c ≠ c'} q_c q_c' · overlap(c, c') / Σ_{c ≠ c'} q_c q_c',
 
-    so an image that is confidently one class contributes nothing, and one that is half "hold", half "cut_with" (a
-    knife: the image alone cannot tell which of its affordances was asked) pushes those two maps apart.
+    a weighted mean of overlaps over the batch: a pair counts in proportion to how likely both classes are, so an image
+    that is half "hold", half "cut_with" (a knife: the image alone cannot tell which of its affordances was asked)
+    pushes those two maps apart, while a confidently single-class image hardly counts.
 
     Args:
         maps: (B, C, h, w) raw class activation maps.

@@ -63,7 +63,8 @@ def test_forward_outputs_match_the_interface():
         assert tuple(out[key].shape) == shape, key
     assert out["attnpool_mask"] is None
     assert out["selected_head"].tolist() == [-1, -1]
-    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "total"}
+    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "total"}
+    assert out["losses"]["sep"].item() == 0.0  # off in the published recipe
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out["losses"].values())
     assert out["gt_ego_cam"].min() >= 0 and out["gt_ego_cam"].max() <= 1
     assert set(out["head_masks"].unique().tolist()) <= {0.0, 1.0}
@@ -212,7 +213,7 @@ def test_build_model_reads_the_config():
                 "saliency": "bitalign",
                 "text_gating": True,
             },
-            "loss": {"conc": 0.5, "proto_warmup_epochs": 3},
+            "loss": {"conc": 0.5, "proto_warmup_epochs": 3, "proto_margin": 0.2, "sep": 2.0},
             "seed": 7,
         }
     )
@@ -221,9 +222,14 @@ def test_build_model_reads_the_config():
     assert model.backbone.patch_size == 8 and model.backbone.default_grid == (4, 4)
     assert isinstance(model.text, LearnedTextEncoder) and model.saliency == "bitalign" and model.text_gating
     assert (model.num_parts, model.conc_weight, model.proto_warmup_epochs, model.kmeans_seed) == (2, 0.5, 3, 7)
+    assert (model.proto_margin, model.sep_weight) == (0.2, 2.0)
     assert model.aff_fc.out_channels == 3 and model.aff_proj.fc1.out_features == 128
     out = model.train()(batch(), epoch=0)
     assert out["part_scores"].shape == (2, 2)
+    losses = out["losses"]
+    assert losses["sep"].item() > 0
+    expected = losses["ce_ego"] + losses["ce_exo"] + 0.5 * losses["conc"] + losses["contra"] + 2.0 * losses["sep"]
+    torch.testing.assert_close(losses["total"], expected)  # epoch 0 < warm-up 3: no prototype term yet
 
 
 def test_no_cuda_calls_anywhere_in_the_repository():

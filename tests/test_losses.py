@@ -12,6 +12,7 @@ from models.losses import (
     concentration_loss,
     contrastive_loss,
     prototype_loss,
+    separation_loss,
     weighted_pool,
 )
 
@@ -110,3 +111,36 @@ def test_losses_are_float32_under_autocast():
             torch.randn(2, 4, 3, 3).bfloat16(), torch.rand(2, 3, 3), torch.randn(2, 4), torch.tensor([True, False])
         )
     assert {conc.dtype, ce.dtype, con.dtype, proto.dtype} == {torch.float32}
+
+
+def test_separation_loss_hand_values():
+    # Two classes, equally likely (q = 0.5 each); 2x2 maps.
+    logits = torch.zeros(1, 2)
+    same = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]]])  # identical maps: overlap 1
+    assert separation_loss(same, logits).item() == pytest.approx(1.0, abs=1e-6)
+    apart = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]]])
+    # min-max + 1e-3 then / sum: the peak holds (1 + e) / (1 + 4e) and each other cell e / (1 + 4e); the two
+    # distributions share the two cold cells and each other's cold cell under the peak: 4e / (1 + 4e)
+    e = 1e-3
+    assert separation_loss(apart, logits).item() == pytest.approx(4 * e / (1 + 4 * e), rel=1e-5)
+
+
+def test_separation_loss_weights_pairs_by_their_probabilities():
+    # Class 0 and 1 overlap fully, class 2 is apart from both. With q mostly on (0, 1) the loss is near 1; with q
+    # mostly on (0, 2) it is near the small apart overlap.
+    maps = torch.zeros(1, 3, 2, 2)
+    maps[0, 0, 0, 0] = maps[0, 1, 0, 0] = 1.0
+    maps[0, 2, 1, 1] = 1.0
+    near_one = separation_loss(maps, torch.tensor([[5.0, 5.0, -5.0]])).item()
+    near_zero = separation_loss(maps, torch.tensor([[5.0, -5.0, 5.0]])).item()
+    assert near_one > 0.99 and near_zero < 0.01
+
+
+def test_separation_loss_moves_maps_not_the_classifier():
+    maps = torch.randn(2, 3, 4, 4, requires_grad=True)
+    logits = torch.randn(2, 3, requires_grad=True)
+    loss = separation_loss(maps, logits)
+    assert 0.0 <= loss.item() <= 1.0
+    loss.backward()
+    assert maps.grad is not None and torch.isfinite(maps.grad).all() and maps.grad.abs().sum() > 0
+    assert logits.grad is None

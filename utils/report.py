@@ -1,0 +1,208 @@
+"""Compare finished runs: one Markdown table of last-epoch results against the baselines, and the proof's targets.
+
+    python -m utils.report runs/synthetic-seed0 runs/synthetic-seed1 runs/synthetic-seed2
+    python -m utils.report --split Seen --no-targets runs/synthetic runs/synthetic_no-proto ...   # an ablation table
+
+Each argument is a run folder written by ``train.py`` (it reads ``<run>/metrics.json``). A row is one (run, split):
+the honest last-epoch KLD / SIM / NSS, the test-selected best epoch's KLD (labelled), and the centre-prior and
+object-mask baselines that the same run evaluated. With targets on (the default), each row also says whether the
+offline proof's bars (issue 8) hold for it:
+
+- Seen: KLD at least 40 % below the centre prior, KLD below the object mask, SIM above both;
+- Unseen: KLD at least 25 % below the centre prior, KLD below the object mask.
+
+Nothing here trains or evaluates; it only reads JSON, so it is safe to run on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TARGETS", "Row", "check_targets", "load_rows", "main", "markdown_table", "spread"]
+
+#: Minimum relative KLD reduction against the centre prior, per split (issue 8).
+TARGETS: dict[str, float] = {"Seen": 0.40, "Unseen": 0.25}
+
+
+@dataclass
+class Row:
+    """One split of one run."""
+
+    run: str
+    split: str
+    kld: float
+    sim: float
+    nss: float
+    epoch: int
+    best_kld: float
+    best_epoch: int
+    baselines: dict[str, dict[str, float]]
+
+    def baseline(self, name: str, metric: str) -> float | None:
+        entry = self.baselines.get(name)
+        return None if entry is None else float(entry[metric])
+
+
+def load_rows(run_dirs: Sequence[str | Path], splits: Sequence[str] | None = None) -> list[Row]:
+    """Rows of every split found in each run's ``metrics.json`` (restricted to ``splits`` when given).
+
+    Raises:
+        FileNotFoundError: a run folder has no ``metrics.json`` (the run did not finish).
+        ValueError: the file is not a train.py report.
+    """
+    rows = []
+    for run in run_dirs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: expected the metrics.json that train.py writes when a run finishes. "
+                "Pass a finished run folder (runs/<name>-<time>/), or finish the run with --resume auto."
+            )
+        data = json.loads(path.read_text())
+        found = False
+        for split, report in data.items():
+            if not isinstance(report, dict) or "model" not in report:
+                continue
+            if splits and split not in splits:
+                continue
+            found = True
+            last = report["model"]["last_epoch"]
+            best = report["model"]["best_epoch_test_selected"]
+            rows.append(
+                Row(
+                    run=Path(run).name,
+                    split=split,
+                    kld=float(last["KLD"]),
+                    sim=float(last["SIM"]),
+                    nss=float(last["NSS"]),
+                    epoch=int(last["epoch"]),
+                    best_kld=float(best["KLD"]),
+                    best_epoch=int(best["epoch"]),
+                    baselines=report.get("baselines", {}),
+                )
+            )
+        if not found:
+            raise ValueError(f"{path} holds no split report{' for ' + ', '.join(splits) if splits else ''}")
+    return rows
+
+
+def check_targets(row: Row) -> dict[str, bool] | None:
+    """The proof's bars for this row, or None when its split has no target or a needed baseline is missing."""
+    need = TARGETS.get(row.split)
+    center_kld, object_kld = row.baseline("center", "KLD"), row.baseline("object", "KLD")
+    if need is None or center_kld is None or object_kld is None:
+        return None
+    checks = {
+        f"KLD >= {need:.0%} below centre": row.kld <= (1.0 - need) * center_kld,
+        "KLD below object": row.kld < object_kld,
+    }
+    if row.split == "Seen":
+        checks["SIM above centre and object"] = row.sim > max(
+            row.baseline("center", "SIM") or 0.0, row.baseline("object", "SIM") or 0.0
+        )
+    return checks
+
+
+def _reduction(row: Row) -> str:
+    center = row.baseline("center", "KLD")
+    return "" if center is None else f"{100.0 * (1.0 - row.kld / center):+.0f} %"
+
+
+def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
+    """A Markdown table, one line per row, baselines beside the model."""
+    head = [
+        "run",
+        "split",
+        "KLD ↓",
+        "SIM ↑",
+        "NSS ↑",
+        "KLD vs centre",
+        "centre KLD / SIM",
+        "object KLD / SIM",
+        "best epoch (test-selected) KLD",
+    ]
+    if targets:
+        head.append("targets")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+
+        def pair(name: str, r: Row = r) -> str:
+            k, s = r.baseline(name, "KLD"), r.baseline(name, "SIM")
+            return "n/a" if k is None else f"{k:.3f} / {s:.3f}"
+
+        cells = [
+            r.run,
+            r.split,
+            f"{r.kld:.3f}",
+            f"{r.sim:.3f}",
+            f"{r.nss:.3f}",
+            _reduction(r),
+            pair("center"),
+            pair("object"),
+            f"{r.best_kld:.3f} (epoch {r.best_epoch})",
+        ]
+        if targets:
+            checks = check_targets(r)
+            if checks is None:
+                cells.append("n/a")
+            else:
+                failed = [k for k, ok in checks.items() if not ok]
+                cells.append("met" if not failed else "not met: " + "; ".join(failed))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def spread(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """Per split: mean, population std, min and max of the last-epoch KLD and SIM over the rows (e.g. seeds)."""
+    out: dict[str, dict[str, float]] = {}
+    for split in sorted({r.split for r in rows}):
+        sel = [r for r in rows if r.split == split]
+        for metric in ("kld", "sim"):
+            values = [getattr(r, metric) for r in sel]
+            out.setdefault(split, {}).update(
+                {
+                    f"{metric}_mean": statistics.fmean(values),
+                    f"{metric}_std": statistics.pstdev(values),
+                    f"{metric}_min": min(values),
+                    f"{metric}_max": max(values),
+                }
+            )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the table (and the spread over several runs); exit 0, or 1 with --strict when a target fails."""
+    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="finished run folders (each holds metrics.json)")
+    p.add_argument("--split", action="append", help="only this split (repeat for several); default: all")
+    p.add_argument("--no-targets", action="store_true", help="leave out the proof's target column")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any row misses a target")
+    args = p.parse_args(argv)
+    try:
+        rows = load_rows(args.runs, args.split)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows, targets=not args.no_targets))
+    if len(args.runs) > 1:
+        for split, s in spread(rows).items():
+            print(
+                f"\n{split} over {sum(r.split == split for r in rows)} runs: KLD {s['kld_mean']:.3f} ± "
+                f"{s['kld_std']:.3f} (min {s['kld_min']:.3f}, max {s['kld_max']:.3f}); SIM {s['sim_mean']:.3f} ± "
+                f"{s['sim_std']:.3f}"
+            )
+    if args.strict and not args.no_targets:
+        checks = [check_targets(r) for r in rows]
+        if any(c is not None and not all(c.values()) for c in checks):
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
