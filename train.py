@@ -156,6 +156,7 @@ def train_split(
         image_size=cfg.data.image_size,
         resize_size=cfg.data.resize_size,
         seed=cfg.seed,
+        with_part_masks=cfg.model.oracle_prototypes,
     )
     class_names = list(train_set.class_names)
     test_set = None  # rank 0 alone evaluates

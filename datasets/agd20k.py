@@ -40,6 +40,7 @@ from datasets.images import (
     resize_gt,
     to_tensor,
     train_transform,
+    train_transform_with_mask,
 )
 
 __all__ = [
@@ -269,6 +270,10 @@ class AGD20KTrain(Dataset):
         resize_size: the shorter side is resized to this before the random crop.
         seed: base seed of the pairing and augmentation.
         class_names: the class list (default: ``load_class_names``); folders outside it are an error.
+        with_part_masks: also return ``ego_part_mask`` (S, S) in [0, 1], the egocentric image's affordance-part
+            mask under the same crop and flip. Only the synthetic world has these masks (under
+            ``<split>/masks/train_part/<aff>/<obj>/<stem>.png``); they feed the oracle-prototype diagnostic
+            (``model.oracle_prototypes``), never the method itself.
     """
 
     def __init__(
@@ -280,6 +285,7 @@ class AGD20KTrain(Dataset):
         resize_size: int = 256,
         seed: int = 0,
         class_names: Sequence[str] | None = None,
+        with_part_masks: bool = False,
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -291,6 +297,7 @@ class AGD20KTrain(Dataset):
         self.image_size = image_size
         self.resize_size = resize_size
         self.seed = seed
+        self.with_part_masks = with_part_masks
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -342,6 +349,15 @@ class AGD20KTrain(Dataset):
         for (aff, _), files in zip(self.folders, self._exo_files):
             self._aff_exo_pool.setdefault(aff, []).extend(files)
         self._bad: set[str] = set()
+        if with_part_masks:
+            missing = [p for pool in self._ego_pool for p in pool if not self._part_mask_path(p).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"with_part_masks needs a part mask for every egocentric training image; {len(missing)} are "
+                    f"missing, e.g. {self._part_mask_path(missing[0])}. Only the synthetic world has them "
+                    "(datasets/synthetic.py writes <split>/masks/train_part/); regenerate it, or turn "
+                    "model.oracle_prototypes off."
+                )
         logger.info(
             "AGD20KTrain %s: %d exocentric samples in %d folders, %d classes",
             split,
@@ -369,6 +385,10 @@ class AGD20KTrain(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _part_mask_path(self, ego_path: str) -> Path:
+        p = Path(ego_path)
+        return self.root / self.split / "masks" / "train_part" / p.parent.parent.name / p.parent.name / f"{p.stem}.png"
 
     def _read(self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int) -> tuple[np.ndarray, str]:
         """Decode ``path``; if unreadable, the first readable file of a seeded permutation of each pool in turn.
@@ -416,9 +436,18 @@ class AGD20KTrain(Dataset):
         ego_pool = self._ego_pool[folder]
         ego_choice = ego_pool[int(rng.integers(0, len(ego_pool)))]
         ego_img, ego_path = self._read(ego_choice, (ego_pool,), index, self.num_exo)
+        extra = {}
+        if self.with_part_masks:
+            mask = read_mask(self._part_mask_path(ego_path), None)  # (H, W) in {0, 1}
+            ego, extra["ego_part_mask"] = train_transform_with_mask(
+                ego_img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, rng
+            )
+        else:
+            ego = train_transform(ego_img, self.resize_size, self.image_size, rng)  # (3, S, S)
         return {
             "exo": torch.stack(exo_imgs),  # (n, 3, S, S)
-            "ego": train_transform(ego_img, self.resize_size, self.image_size, rng),  # (3, S, S)
+            "ego": ego,
+            **extra,
             "label": self._label[aff],
             "affordance": aff,
             "object": obj,

@@ -33,6 +33,7 @@ __all__ = [
     "resize_shorter",
     "to_tensor",
     "train_transform",
+    "train_transform_with_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,6 +264,29 @@ def train_transform(img: np.ndarray, resize_size: int, crop_size: int, rng: np.r
     img = random_crop(img, crop_size, rng)
     img = random_flip(img, rng)
     return normalize(img)
+
+
+def train_transform_with_mask(
+    img: np.ndarray, mask: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`train_transform` of an image and the same geometry (resize, crop, flip) applied to its mask.
+
+    Args:
+        img: uint8 RGB (H, W, 3).
+        mask: uint8 (H, W) mask of the same image (0/255).
+        resize_size: shorter side after resizing.
+        crop_size: side of the random crop.
+        rng: consumed exactly as :func:`train_transform` consumes it, so the image is the one it would give.
+
+    Returns:
+        The normalised image (3, S, S) and the mask (S, S) as float in [0, 1].
+    """
+    if mask.shape[:2] != img.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape[:2]} differs from the image's {img.shape[:2]}")
+    both = np.concatenate([img, mask[..., None]], axis=2)  # (H, W, 4): one geometric transform for both
+    both = random_flip(random_crop(resize_shorter(both, resize_size), crop_size, rng), rng)
+    both = np.ascontiguousarray(both)
+    return normalize(both[..., :3]), torch.from_numpy(both[..., 3].astype(np.float32) / 255.0)
 
 
 def denormalize(t: torch.Tensor) -> np.ndarray:

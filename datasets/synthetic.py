@@ -52,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: part masks of the egocentric training images (masks/train_part/)
 MARKER_NAME = ".synthetic_world.json"  # written last: its presence means "complete world with these parameters"
 PARTIAL_NAME = ".synthetic_world.partial"  # written first: lets a rerun clean up an interrupted generation
 _SS = 2  # supersampling factor: draw at 2x and shrink with area averaging for anti-aliased edges
@@ -771,6 +771,8 @@ def _render_job(job: tuple[str, str, str, int, int, int]) -> dict[str, bytes]:
         return {"image": _encode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))}
     img, masks = render_ego(obj, size, rng)
     out = {"image": _encode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))}
+    if kind == "ego":  # for the oracle-prototype diagnostic only; the method never reads it
+        out["part"] = _encode(".png", masks[AFFORDANCE_PART[aff]])
     if kind == "test":
         part = masks[AFFORDANCE_PART[aff]]
         union = np.zeros_like(part)
@@ -817,8 +819,9 @@ def generate_world(
 ) -> Path:
     """Write a complete synthetic world in the AGD20K layout under ``out``.
 
-    Writes ``<out>/{Seen,Unseen}/{trainset,testset}/...`` as AGD20K does, masks under
-    ``<out>/<Split>/masks/{object,part}/<aff>/<obj>/<stem>.png``, ``classes.json``, ``README.txt``,
+    Writes ``<out>/{Seen,Unseen}/{trainset,testset}/...`` as AGD20K does, masks of the test images under
+    ``<out>/<Split>/masks/{object,part}/<aff>/<obj>/<stem>.png`` and the affordance-part masks of the egocentric
+    training images under ``<out>/<Split>/masks/train_part/`` (diagnostics only), ``classes.json``, ``README.txt``,
     ``contact_sheet.png``, and last a marker file with the parameters (see ``ensure_world``).
 
     Args:
@@ -873,6 +876,7 @@ def generate_world(
                 res.append(("image", root / split / "trainset" / "exocentric" / aff / obj / name))
             elif kind == "ego":
                 res.append(("image", root / split / "trainset" / "egocentric" / aff / obj / name))
+                res.append(("part", root / split / "masks" / "train_part" / aff / obj / f"{stem}.png"))
             else:
                 res.append(("image", root / split / "testset" / "egocentric" / aff / obj / name))
                 res.append(("gt", root / split / "testset" / "GT" / aff / obj / f"{stem}.png"))
@@ -960,7 +964,9 @@ def _readme(params: dict, layout: WorldLayout) -> str:
         "The same parameters give byte-identical files.",
         "",
         "Layout: exactly AGD20K's <Split>/{trainset/{exocentric,egocentric},testset/{egocentric,GT}}/<aff>/<obj>/,",
-        "plus object and part masks of every test image in <Split>/masks/{object,part}/<aff>/<obj>/<stem>.png.",
+        "plus object and part masks of every test image in <Split>/masks/{object,part}/<aff>/<obj>/<stem>.png,",
+        "and the affordance-part mask of every egocentric training image in <Split>/masks/train_part/ (for the",
+        "oracle-prototype diagnostic only: the method never reads a mask).",
         "",
         "How it is made: objects are built from parts (rectangles, ellipses, polygons drawn with OpenCV). A part's",
         "colour and texture depend only on its part type, shared across objects (a handle looks the same on a",

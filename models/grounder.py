@@ -86,6 +86,9 @@ class Grounder(nn.Module):
         proto_warmup_epochs: the prototype loss counts from this (0-based) epoch on.
         proto_margin: hinge margin of the prototype loss.
         contra_temperature: divides the scaled cosines of the contrastive loss.
+        oracle_prototypes: a diagnostic, not the method: replace each sample's part prototype by the mean
+            egocentric descriptor inside the true affordance part (``batch["ego_part_mask"]``, which only the
+            synthetic world provides). It measures how far the part transfer could go with perfect prototypes.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Grounder(nn.Module):
         proto_warmup_epochs: int = 1,
         proto_margin: float = 0.5,
         contra_temperature: float = 0.5,
+        oracle_prototypes: bool = False,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -148,6 +152,7 @@ class Grounder(nn.Module):
         self.proto_warmup_epochs = proto_warmup_epochs
         self.proto_margin = proto_margin
         self.contra_temperature = contra_temperature
+        self.oracle_prototypes = oracle_prototypes
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
@@ -234,6 +239,23 @@ class Grounder(nn.Module):
             return [{k: parts[k][i] for k in out} for i in range(len(images))]
         return [self.backbone(x) for x in images]
 
+    @torch.no_grad()
+    def _oracle_parts(self, parts: Any, ego_desc: torch.Tensor, batch: dict[str, Any]) -> Any:
+        """The diagnostic of ``oracle_prototypes``: prototypes from the true part mask of each egocentric image."""
+        mask = batch.get("ego_part_mask")
+        if mask is None:
+            raise ValueError(
+                "oracle_prototypes needs batch['ego_part_mask'] (the synthetic world's part masks, loaded by "
+                "AGD20KTrain(with_part_masks=True)); turn model.oracle_prototypes off for real data"
+            )
+        h, w = ego_desc.shape[-2:]
+        weights = F.adaptive_avg_pool2d(mask.to(ego_desc.device).float().unsqueeze(1), (h, w)).squeeze(1)  # (b, h, w)
+        with torch.autocast(device_type=ego_desc.device.type, enabled=False):
+            protos = F.normalize(weighted_pool(ego_desc.float(), weights), dim=-1)  # (b, D)
+        parts.prototypes = protos
+        parts.has_prototype = weights.sum(dim=(-2, -1)) > 0
+        return parts
+
     # ------------------------------------------------------------------------------------------- training
 
     def forward(self, batch: dict[str, Any], epoch: int = 0) -> dict[str, Any]:
@@ -288,6 +310,9 @@ class Grounder(nn.Module):
             iters=self.kmeans_iters,
             seed=self.kmeans_seed,
         )
+
+        if self.oracle_prototypes and self.training:
+            parts = self._oracle_parts(parts, ego_desc, batch)
 
         ce_ego, ce_exo = classification_losses(ego_out["logits"], logits_exo, label)
         zero = ce_ego.new_zeros(())
@@ -515,6 +540,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         contra_weight=cfg.loss.contra,
         proto_warmup_epochs=cfg.loss.proto_warmup_epochs,
         proto_margin=cfg.loss.proto_margin,
+        oracle_prototypes=m.oracle_prototypes,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -307,3 +307,20 @@ def test_summary_entry_point_on_a_clean_world_and_a_wrong_root(world, tmp_path, 
     assert main([str(tmp_path / "missing"), "--split", "Seen"]) == 2
     err = capsys.readouterr().err
     assert "Expected layout" in err and "trainset/" in err and "testset/" in err
+
+
+def test_part_masks_follow_the_egocentric_crop_and_leave_the_image_unchanged(world, tmp_path):
+    plain = AGD20KTrain(world, "Seen", image_size=32, resize_size=40, seed=3)
+    masked = AGD20KTrain(world, "Seen", image_size=32, resize_size=40, seed=3, with_part_masks=True)
+    for index in (0, 5, len(plain) - 1):
+        a, b = plain[index], masked[index]
+        assert "ego_part_mask" not in a
+        torch.testing.assert_close(a["ego"], b["ego"], rtol=0, atol=0)  # same image, same rng use
+        mask = b["ego_part_mask"]
+        assert mask.shape == (32, 32) and mask.dtype == torch.float32
+        assert float(mask.min()) >= 0 and float(mask.max()) <= 1 and float(mask.sum()) > 0
+    # A world without training masks (e.g. real AGD20K) is refused, naming a missing file and what to do.
+    root = _copy(world, tmp_path)
+    shutil.rmtree(root / "Seen/masks/train_part")
+    with pytest.raises(FileNotFoundError, match=r"part mask for every egocentric training image.*oracle_prototypes"):
+        AGD20KTrain(root, "Seen", image_size=32, resize_size=40, with_part_masks=True)

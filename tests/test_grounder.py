@@ -241,3 +241,25 @@ def test_no_cuda_calls_anywhere_in_the_repository():
         if ".venv" not in p.parts and pattern.search(p.read_text(encoding="utf-8", errors="ignore"))
     ]
     assert not offenders, f"hard-coded CUDA moves in {offenders}; take a device argument instead"
+
+
+def test_oracle_prototypes_come_from_the_part_mask_and_need_it():
+    torch.manual_seed(0)
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    model = Grounder(NAMES, backbone, cls_heads=[0, 1], kmeans_iters=10, oracle_prototypes=True).train()
+    b = batch()
+    with pytest.raises(ValueError, match="ego_part_mask"):
+        model(b, epoch=1)
+    mask = torch.zeros(2, 32, 32)
+    mask[0, :8, :16] = 1.0  # the top-left two patches of a 4x4 grid
+    b["ego_part_mask"] = mask  # sample 1 has an empty mask: no prototype
+    out = model(b, epoch=1)
+    desc = model.backbone(b["ego"])["descriptors"]  # (2, 32, 4, 4)
+    expected = F.normalize(desc[0, :, 0, :2].mean(dim=-1), dim=0)
+    torch.testing.assert_close(out["prototypes"][0], expected, rtol=1e-5, atol=1e-5)
+    assert out["has_prototype"].tolist() == [True, False]
+    assert out["losses"]["proto"].item() > 0
+    # in eval mode (a test pass) the diagnostic is inert: the ordinary prototype selection runs, no mask needed
+    model.eval()
+    del b["ego_part_mask"]
+    assert torch.isfinite(model(b, epoch=1)["losses"]["total"])

@@ -169,3 +169,18 @@ def test_train_transform_shape_and_determinism():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="crop_size"):
         train_transform(img, 16, 20, np.random.default_rng(0))
+
+
+def test_train_transform_with_mask_applies_one_geometry_to_both():
+    from datasets.images import denormalize, train_transform, train_transform_with_mask
+
+    rng = np.random.default_rng(0)
+    mask = (rng.random((30, 50)) > 0.5).astype(np.uint8) * 255
+    img = np.repeat(mask[..., None], 3, axis=2)  # the image *is* its mask: any misalignment shows
+    for seed in range(6):  # crops at several places, with and without the flip
+        x, m = train_transform_with_mask(img, mask, 30, 24, np.random.default_rng(seed))
+        assert x.shape == (3, 24, 24) and m.shape == (24, 24)
+        np.testing.assert_allclose(denormalize(x)[..., 0] / 255.0, m.numpy(), atol=1 / 255 + 1e-6)
+        torch.testing.assert_close(x, train_transform(img, 30, 24, np.random.default_rng(seed)))
+    with pytest.raises(ValueError, match="mask shape"):
+        train_transform_with_mask(img, mask[:10], 30, 24, np.random.default_rng(0))

@@ -63,6 +63,9 @@ def test_layout_is_agd20k(world):
         for aff, obj in pairs:
             assert len(list((base / "trainset/exocentric" / aff / obj).glob("*.jpg"))) == 2
             assert len(list((base / "trainset/egocentric" / aff / obj).glob("*.jpg"))) == 2
+            for img in (base / "trainset/egocentric" / aff / obj).glob("*.jpg"):
+                part = cv2.imread(str(base / "masks/train_part" / aff / obj / f"{img.stem}.png"), cv2.IMREAD_GRAYSCALE)
+                assert part is not None and part.shape == (48, 48) and part.max() == 255  # the part is visible
         for aff, obj in test_pairs:
             for img in (base / "testset/egocentric" / aff / obj).glob("*.jpg"):
                 assert (base / "testset/GT" / aff / obj / f"{img.stem}.png").is_file()

@@ -161,6 +161,11 @@ class ModelConfig:
     part_iou_thd: float = _f(0.6, "Minimum PartIoU score for a cluster to become the sample's part prototype.")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
+    oracle_prototypes: bool = _f(
+        False,
+        "Diagnostic, not the method: train with part prototypes taken from the true affordance-part masks of the "
+        "egocentric images (the synthetic world only). It bounds what better prototype selection could give.",
+    )
 
 
 @dataclass
