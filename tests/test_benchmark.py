@@ -44,3 +44,11 @@ def test_benchmark_rejects_a_bad_override(tmp_path):
 
     with pytest.raises(ConfigError, match=r"train\.batch_sz"):
         benchmark.main(["--config", "configs/synthetic.yaml", "--out", str(tmp_path / "b.json"), "train.batch_sz=2"])
+
+
+def test_interleaved_timing_runs_each_function_once_per_round_in_order():
+    calls: list[str] = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = benchmark.time_interleaved(fns, __import__("torch").device("cpu"), warmup=1, repeats=2)
+    assert calls == ["a", "b", "c"] * 3  # one warm-up round, then two timed rounds
+    assert set(times) == {"a", "b", "c"} and all(t >= 0 for t in times.values())

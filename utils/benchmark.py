@@ -2,7 +2,8 @@
 
     python -m utils.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml [--device cpu|cuda] [--amp]
 
-Every number is the median over ``--repeats`` timed runs after ``--warmup`` untimed ones, on random weights and
+Every number is the median over ``--repeats`` timed rounds (each round runs every measurement once, so slow drifts of
+the machine do not favour one of them) after ``--warmup`` untimed ones, on random weights and
 random inputs of the configured size (ViT-S/16 at 224, batch 16 by default). It runs once in fp32 and once with
 the training precision policy (``train.amp``; ``--amp`` forces bf16), so the two columns can be compared.
 
@@ -41,18 +42,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time in seconds of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median wall time in seconds of every function, timed in interleaved rounds (one run of each per round).
+
+    Interleaving spreads slow drifts of the machine (clock boost, other load, allocator growth) over all the
+    functions instead of charging them to whichever is timed first, so the ratios between them can be trusted.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _sync(device)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -112,11 +122,25 @@ def run_benchmark(
         pred = prepare_prediction(maps.float(), cfg.data.eval_size)
         kld(pred, gt), sim(pred, gt), nss(pred, gt)
 
-    t_bb_batch = time_fn(lambda: backbone_forward(ego), device, warmup, repeats)
-    t_bb_step = time_fn(lambda: backbone_forward(all_images), device, warmup, repeats)
-    t_train = time_fn(train_step, device, warmup, repeats)
-    t_inf = time_fn(inference, device, warmup, repeats)
-    t_eval = time_fn(evaluation, device, warmup, repeats)
+    t = time_interleaved(
+        {
+            "bb_batch": lambda: backbone_forward(ego),
+            "bb_step": lambda: backbone_forward(all_images),
+            "train": train_step,
+            "inference": inference,
+            "evaluation": evaluation,
+        },
+        device,
+        warmup,
+        repeats,
+    )
+    t_bb_batch, t_bb_step, t_train, t_inf, t_eval = (
+        t["bb_batch"],
+        t["bb_step"],
+        t["train"],
+        t["inference"],
+        t["evaluation"],
+    )
     return {
         "backbone_images_per_s": batch_size / t_bb_batch,
         "train_samples_per_s": batch_size / t_train,
