@@ -72,7 +72,7 @@ def tiny(world: Path, out: Path, *extra: str) -> list[str]:
 def finished_run(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch, two-step run with every output switched on."""
     out = tmp_path_factory.mktemp("run") / "full"
-    args = tiny(world, out, "viz.every=2", "viz.num=1", "eval.viz=2", "eval.baselines=[center]")
+    args = tiny(world, out, "viz.every=2", "viz.num=1", "eval.viz=2", "eval.baselines=[center,object]")
     args += ["output.tensorboard=true"]
     assert train.main(args) == 0
     return out
@@ -108,7 +108,9 @@ def test_two_step_run_writes_every_output(finished_run: Path) -> None:
     assert last["epoch"] == 1 and {"KLD", "SIM", "NSS"} <= set(last)
     assert best["note"] == "selected on the test set, like the published numbers"
     assert last["KLD"] == pytest.approx(lines[0]["eval_KLD"])
-    assert set(report["baselines"]) == {"center"} and report["baselines"]["center"]["num_images"] == 28
+    assert set(report["baselines"]) == {"center", "object"} and report["baselines"]["center"]["num_images"] == 28
+    # with the centre and object baselines the log says whether the offline proof's targets hold (a 2-step run: no)
+    assert "Seen offline-proof targets (README, Results): NOT met: " in (run / "train.log").read_text()
     assert report["images"] == 28 and "cut_with" in report["per_affordance"]
 
 
