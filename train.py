@@ -353,15 +353,11 @@ def train_split(
     return report
 
 
-def _log_proof_targets(run_dir: Path) -> None:
+def _log_proof_targets(results: dict[str, Any]) -> None:
     """With the centre and object baselines evaluated (the synthetic world), say whether the proof's bars hold."""
-    from utils.report import check_targets, load_rows
+    from utils.report import check_targets, rows_from_metrics
 
-    try:
-        rows = load_rows([run_dir])
-    except (FileNotFoundError, ValueError):
-        return
-    for row in rows:
+    for row in rows_from_metrics("", results):
         checks = check_targets(row)
         if checks is None:
             continue
@@ -456,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(metrics_path, results)
         if dist.is_main:
             logger.info("metrics: %s", metrics_path)
-            _log_proof_targets(run_dir)
+            _log_proof_targets(results)
             for split in cfg.data.splits:
                 logger.info(
                     "%s pictures: %s (TensorBoard: tensorboard --logdir %s)",

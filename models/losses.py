@@ -113,6 +113,12 @@ def prototype_loss(
         return (per_sample * valid).sum() / valid.sum().clamp_min(1.0)
 
 
+def _spatial_distribution(maps: torch.Tensor, eps: float) -> torch.Tensor:
+    """Every (raw) map as a distribution over its positions: min-max, + ``eps``, divided by its sum (float32)."""
+    p = normalize_minmax(maps.float()) + eps
+    return p / p.sum(dim=(-2, -1), keepdim=True)
+
+
 def concentration_loss(maps: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Spatial variance of every class map seen as a distribution (SCOPS; LOCATE applies it to all ego maps).
 
@@ -128,8 +134,7 @@ def concentration_loss(maps: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """
     with fp32(maps.device):
         h, w = maps.shape[-2:]
-        p = normalize_minmax(maps.float()) + eps
-        p = p / p.sum(dim=(-2, -1), keepdim=True)  # (B, C, h, w), sums to 1
+        p = _spatial_distribution(maps, eps)  # (B, C, h, w), sums to 1
         ys = torch.arange(h, device=maps.device, dtype=torch.float32) / h * 2.0 - 1.0  # (h,)
         xs = torch.arange(w, device=maps.device, dtype=torch.float32) / w * 2.0 - 1.0  # (w,)
         py, px = p.sum(dim=-1), p.sum(dim=-2)  # (B, C, h), (B, C, w) marginals
@@ -188,9 +193,7 @@ def separation_loss(maps: torch.Tensor, logits: torch.Tensor, eps: float = 1e-3)
         0-d float32 tensor in [0, 1].
     """
     with fp32(maps.device):
-        p = normalize_minmax(maps.float()) + eps
-        p = p.flatten(2)
-        p = p / p.sum(dim=-1, keepdim=True)  # (B, C, hw), each row sums to 1
+        p = _spatial_distribution(maps, eps).flatten(2)  # (B, C, hw), each row sums to 1
         q = logits.detach().float().softmax(dim=-1)  # (B, C)
         overlap = torch.minimum(p.unsqueeze(2), p.unsqueeze(1)).sum(dim=-1)  # (B, C, C)
         pair = q.unsqueeze(2) * q.unsqueeze(1)  # (B, C, C)

@@ -70,7 +70,7 @@ def test_objectness_matches_hand_computed_iou() -> None:
     images = torch.randn(3, 3, 32, 32)
     masks = torch.zeros(3, 32, 32, dtype=torch.bool)
     masks[:, 8:24, 4:20] = True
-    ious = cls_attention_objectness(bb.vit, images, masks)
+    ious = cls_attention_objectness(bb, images, masks)
     attn = bb(images)["cls_attn"]  # (3, 2, 4, 4)
     up = F.interpolate(attn, size=(32, 32), mode="bilinear", align_corners=False)
     binar = up > up.mean(dim=(-2, -1), keepdim=True)

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from datasets.synthetic import OBJECT_SPECS, render_ego, render_exo, world_layout
-from utils.runtime import seed_everything
+from models.backbone import ViTBackbone
+from utils.runtime import seed_everything, setup_logging
 
 __all__ = ["DINOHead", "DINOLoss", "MultiCrop", "cls_attention_objectness", "main", "pretrain", "render_pool"]
 
@@ -209,37 +209,26 @@ class DINOLoss(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------- measure
 @torch.no_grad()
-def cls_attention_objectness(vit: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> list[float]:
+def cls_attention_objectness(backbone: ViTBackbone, images: torch.Tensor, masks: torch.Tensor) -> list[float]:
     """Mean IoU, per head, of the last block's CLS attention binarised at its mean with the object mask.
 
     Args:
-        vit: a timm ViT.
+        backbone: the frozen ViT wrapper the grounder uses, so the CLS attention is computed by the model's own code.
         images: (N, 3, S, S) normalised images, S a multiple of the patch.
         masks: (N, S, S) bool object masks.
 
     Returns:
         One mean IoU per head of the last block.
     """
-    from models.backbone import ViTBackbone
-
-    wrapper = ViTBackbone.__new__(ViTBackbone)  # the model's exact CLS-attention code, around this ViT
-    nn.Module.__init__(wrapper)
-    last = vit.blocks[-1].attn
-    wrapper.vit, wrapper.descriptor, wrapper.trainable = vit, "token", False
-    wrapper.patch_size, wrapper.num_prefix_tokens = int(vit.patch_embed.patch_size[0]), int(vit.num_prefix_tokens)
-    wrapper.num_heads, wrapper.head_dim = int(last.num_heads), int(last.head_dim)
-    was_training = vit.training
-    vit.eval()
     ious = []
     for start in range(0, len(images), 64):
-        attn = wrapper(images[start : start + 64])["cls_attn"]  # (b, heads, h, w)
+        attn = backbone(images[start : start + 64])["cls_attn"]  # (b, heads, h, w)
         up = F.interpolate(attn, size=masks.shape[-2:], mode="bilinear", align_corners=False)  # (b, heads, S, S)
         binar = up > up.mean(dim=(-2, -1), keepdim=True)
         m = masks[start : start + 64, None]  # (b, 1, S, S)
         inter = (binar & m).sum(dim=(-2, -1)).float()
         union = (binar | m).sum(dim=(-2, -1)).float().clamp_min(1)
         ious.append(inter / union)  # (b, heads)
-    vit.train(was_training)
     return torch.cat(ious).mean(0).tolist()
 
 
@@ -266,20 +255,19 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     torch.set_num_threads(max(1, args.threads))
     kwargs = json.loads(args.kwargs)
-    make = lambda: timm.create_model(  # noqa: E731
-        args.arch, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=args.global_size, **kwargs
-    )
-    student_vit = make()
+    student_vit = ViTBackbone(args.arch, descriptor="token", trainable=True, img_size=args.global_size, **kwargs).vit
+    # the teacher is frozen (EMA updates only): the grounder's wrapper, which also measures its CLS attention
+    teacher_bb = ViTBackbone(args.arch, descriptor="token", trainable=False, img_size=args.global_size, **kwargs)
     dim = student_vit.embed_dim
     student = _Net(student_vit, DINOHead(dim, args.out_dim))
-    teacher = _Net(make(), DINOHead(dim, args.out_dim))
+    teacher = _Net(teacher_bb.vit, DINOHead(dim, args.out_dim))
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
     teacher.eval()
 
     t0 = time.perf_counter()
     val_images, val_masks = _validation_set(args.val_images, args.global_size, args.workers)
-    iou_random = cls_attention_objectness(teacher.vit, val_images, val_masks)
+    iou_random = cls_attention_objectness(teacher_bb, val_images, val_masks)
     logger.info("CLS-attention objectness of the random init (IoU per head): %s", _fmt(iou_random))
     pool = render_pool(args.images, args.render_size, workers=args.workers)
     logger.info("rendered %d unlabeled images in %.0f s", len(pool), time.perf_counter() - t0)
@@ -328,7 +316,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             logger.info("step %d/%d loss %.4f teacher entropy %.3f", step, args.steps, loss.item(), entropy)
     train_s = time.perf_counter() - t_train
 
-    iou_trained = cls_attention_objectness(teacher.vit, val_images, val_masks)
+    iou_trained = cls_attention_objectness(teacher_bb, val_images, val_masks)
     logger.info("CLS-attention objectness after DINO (IoU per head): %s", _fmt(iou_trained))
     order = sorted(range(len(iou_trained)), key=lambda h: -iou_trained[h])
     out = Path(args.out)
@@ -396,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes for rendering")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%X")
+    setup_logging()
     pretrain(args)
     return 0
 

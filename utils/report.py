@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TARGETS", "Row", "check_targets", "load_rows", "main", "markdown_table", "spread"]
+__all__ = ["TARGETS", "Row", "check_targets", "load_rows", "main", "markdown_table", "rows_from_metrics", "spread"]
 
 #: Minimum relative KLD reduction against the centre prior, per split (issue 8).
 TARGETS: dict[str, float] = {"Seen": 0.40, "Unseen": 0.25}
@@ -49,6 +49,30 @@ class Row:
         return None if entry is None else float(entry[metric])
 
 
+def rows_from_metrics(run: str, data: dict, splits: Sequence[str] | None = None) -> list[Row]:
+    """Rows of the split reports in one run's metrics (the content of ``metrics.json``), in their order."""
+    rows = []
+    for split, report in data.items():
+        if not isinstance(report, dict) or "model" not in report or (splits and split not in splits):
+            continue
+        last = report["model"]["last_epoch"]
+        best = report["model"]["best_epoch_test_selected"]
+        rows.append(
+            Row(
+                run=run,
+                split=split,
+                kld=float(last["KLD"]),
+                sim=float(last["SIM"]),
+                nss=float(last["NSS"]),
+                epoch=int(last["epoch"]),
+                best_kld=float(best["KLD"]),
+                best_epoch=int(best["epoch"]),
+                baselines=report.get("baselines", {}),
+            )
+        )
+    return rows
+
+
 def load_rows(run_dirs: Sequence[str | Path], splits: Sequence[str] | None = None) -> list[Row]:
     """Rows of every split found in each run's ``metrics.json`` (restricted to ``splits`` when given).
 
@@ -64,31 +88,10 @@ def load_rows(run_dirs: Sequence[str | Path], splits: Sequence[str] | None = Non
                 f"{path} does not exist: expected the metrics.json that train.py writes when a run finishes. "
                 "Pass a finished run folder (runs/<name>-<time>/), or finish the run with --resume auto."
             )
-        data = json.loads(path.read_text())
-        found = False
-        for split, report in data.items():
-            if not isinstance(report, dict) or "model" not in report:
-                continue
-            if splits and split not in splits:
-                continue
-            found = True
-            last = report["model"]["last_epoch"]
-            best = report["model"]["best_epoch_test_selected"]
-            rows.append(
-                Row(
-                    run=Path(run).name,
-                    split=split,
-                    kld=float(last["KLD"]),
-                    sim=float(last["SIM"]),
-                    nss=float(last["NSS"]),
-                    epoch=int(last["epoch"]),
-                    best_kld=float(best["KLD"]),
-                    best_epoch=int(best["epoch"]),
-                    baselines=report.get("baselines", {}),
-                )
-            )
+        found = rows_from_metrics(Path(run).name, json.loads(path.read_text()), splits)
         if not found:
             raise ValueError(f"{path} holds no split report{' for ' + ', '.join(splits) if splits else ''}")
+        rows += found
     return rows
 
 
