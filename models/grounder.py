@@ -35,7 +35,7 @@ from einops import einsum, rearrange
 from torch import nn
 
 from models.backbone import ViTBackbone
-from models.heads import AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
+from models.heads import POOLINGS, AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
 from models.losses import (
     classification_losses,
     concentration_loss,
@@ -76,6 +76,8 @@ class Grounder(nn.Module):
         num_parts: K, the k-means clusters per sample.
         aff_cam_thd: normalised exocentric CAM threshold selecting the clustered patches.
         part_iou_thd: minimum PartIoU score for a part prototype.
+        pooling: how class maps become logits: "gap" (LOCATE) or "topk" (ours; see :func:`models.heads.class_logits`).
+        pool_top: the fraction of positions averaged by "topk".
         kmeans_iters: maximum Lloyd iterations.
         kmeans_seed: seed of the k-means++ seeding.
         adapter_ratio: hidden width of ``aff_proj`` as a multiple of the descriptor width.
@@ -102,6 +104,8 @@ class Grounder(nn.Module):
         num_parts: int = 3,
         aff_cam_thd: float = 0.6,
         part_iou_thd: float = 0.6,
+        pooling: str = "gap",
+        pool_top: float = 0.2,
         kmeans_iters: int = 300,
         kmeans_seed: int = 0,
         adapter_ratio: int = 4,
@@ -117,6 +121,11 @@ class Grounder(nn.Module):
         super().__init__()
         if not class_names or isinstance(class_names, str):
             raise ValueError(f"Grounder: expected a non-empty list of class names, got {class_names!r}")
+        if pooling not in POOLINGS or not 0 < pool_top <= 1:
+            raise ValueError(
+                f"Grounder: pooling must be one of {POOLINGS} and pool_top a fraction in (0, 1], got {pooling!r} and "
+                f"{pool_top}"
+            )
         if saliency not in SALIENCY_MODES:
             raise ValueError(f"Grounder: saliency must be one of {SALIENCY_MODES}, got {saliency!r}")
         if text is None and (saliency == "bitalign" or text_gating):
@@ -143,6 +152,8 @@ class Grounder(nn.Module):
         self.num_parts = num_parts
         self.aff_cam_thd = aff_cam_thd
         self.part_iou_thd = part_iou_thd
+        self.pooling = pooling
+        self.pool_top = pool_top
         self.kmeans_iters = kmeans_iters
         self.kmeans_seed = kmeans_seed
         self.proto_weight = proto_weight
@@ -178,6 +189,10 @@ class Grounder(nn.Module):
         if self.text is not None:
             prefixes += [f"text.{p}" for p in self.text.frozen_prefixes()]
         return tuple(prefixes)
+
+    def _logits(self, cam: torch.Tensor) -> torch.Tensor:
+        """Class logits (..., C) of class maps (..., C, h, w), pooled as configured."""
+        return class_logits(cam, self.pooling, self.pool_top)
 
     def _scale(self) -> torch.Tensor:
         # CLIP clamps the learned multiplier at 100 so that the softmax cannot collapse.
@@ -222,7 +237,7 @@ class Grounder(nn.Module):
             "adapter": adapter,
             "projection": projection,
             "ego_pred": ego_pred,
-            "logits": class_logits(ego_pred),
+            "logits": self._logits(ego_pred),
             "head_masks": head_masks,
             "selected_head": selected,
             "attnpool_mask": attnpool_mask,
@@ -289,7 +304,7 @@ class Grounder(nn.Module):
         aff_cam_re = rearrange(aff_cam, "(b n) c h w -> b n c h w", b=b, n=n)
         index = label.view(b, 1, 1, 1, 1).expand(b, n, 1, h, w)
         gt_aff_cam = aff_cam_re.gather(2, index).squeeze(2)  # (b, n, h, w)
-        logits_exo = class_logits(aff_cam_re)  # (b, n, C)
+        logits_exo = self._logits(aff_cam_re)  # (b, n, C)
 
         # Egocentric branch, conditioned on the label's text feature when there is a text encoder.
         text_feats = self.text.class_features() if self.text is not None else None  # (C, D)
@@ -448,7 +463,7 @@ class Grounder(nn.Module):
                 if needs_cond:
                     # Label-free with text conditioning: condition on the class an ungated pass predicts.
                     _, ungated = self._ego_head(self.aff_proj.forward_grid(desc))
-                    pred_label = class_logits(ungated).argmax(dim=1)
+                    pred_label = self._logits(ungated).argmax(dim=1)
                     cond = self.text.class_features()[pred_label]
                 else:
                     cond = None  # neither gating nor head selection: nothing is conditioned on text
@@ -531,6 +546,8 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         num_parts=m.num_parts,
         aff_cam_thd=m.aff_cam_thd,
         part_iou_thd=m.part_iou_thd,
+        pooling=m.pooling,
+        pool_top=m.pool_top,
         kmeans_iters=m.kmeans_iters,
         kmeans_seed=cfg.seed,
         adapter_ratio=m.adapter_ratio,

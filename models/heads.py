@@ -5,7 +5,10 @@
   sub-module names (``norm``, ``fc1``, ``fc2``) are those of the published code, so its checkpoints load as they are.
 - :func:`conv_bn_relu` (``aff_exo_proj``/``aff_ego_proj``): [3×3 conv, BatchNorm, ReLU] × 2, indexed like LOCATE's
   ``nn.Sequential`` (0, 1, 3, 4).
-- :func:`class_logits`: global average pooling of class activation maps (the 1×1 conv ``aff_fc`` makes them).
+- :func:`class_logits`: global average pooling of class activation maps (the 1×1 conv ``aff_fc`` makes them), or
+  (ours, an option) the mean of each map's top fraction of positions. GAP rewards a class for the *area* its map
+  covers, so a class whose objects are thin (a knife, scissors) can be predicted from how much background an image
+  has, and its map then lights up the background; top-k pooling scores a class by its strongest places only.
 - :class:`AttentionPool2d`: CLIP's attention pooling (Radford et al., 2021) as BiT-Align uses it: the mean token is
   prepended as the query, a learned position embedding (interpolated to the grid) is added, and multi-head attention
   returns the pooled feature, the attended patch tokens and the mean query's attention over the patches.
@@ -20,7 +23,9 @@ from einops import einsum, rearrange
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-__all__ = ["AffordanceAdapter", "AttentionPool2d", "AttentionPoolOutput", "class_logits", "conv_bn_relu"]
+__all__ = ["POOLINGS", "AffordanceAdapter", "AttentionPool2d", "AttentionPoolOutput", "class_logits", "conv_bn_relu"]
+
+POOLINGS = ("gap", "topk")
 
 
 class AffordanceAdapter(nn.Module):
@@ -59,9 +64,27 @@ def conv_bn_relu(dim: int, num_layers: int = 2) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def class_logits(cam: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of class activation maps (..., C, h, w) into logits (..., C)."""
-    return cam.mean(dim=(-2, -1))
+def class_logits(cam: torch.Tensor, pooling: str = "gap", top: float = 0.2) -> torch.Tensor:
+    """Pool class activation maps (..., C, h, w) into logits (..., C).
+
+    Args:
+        cam: the maps.
+        pooling: "gap" (global average, LOCATE and BiT-Align) or "topk" (mean of the ``top`` fraction of highest
+            positions of each map, at least one).
+        top: the fraction of positions averaged by "topk".
+
+    Returns:
+        (..., C) logits.
+    """
+    if pooling == "gap":
+        return cam.mean(dim=(-2, -1))
+    if pooling != "topk":
+        raise ValueError(f"class_logits: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if not 0 < top <= 1:
+        raise ValueError(f"class_logits: top must be a fraction in (0, 1], got {top}")
+    flat = cam.flatten(-2)
+    k = max(1, round(top * flat.shape[-1]))
+    return flat.topk(k, dim=-1).values.mean(dim=-1)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from models.backbone import ViTBackbone
 from models.grounder import Grounder, binarize_at_mean, build_model
+from models.heads import class_logits
 from models.text import LearnedTextEncoder, OpenClipTextEncoder
 from utils.config import config_from_dict
 from utils.maps import normalize_minmax
@@ -193,6 +194,22 @@ def test_open_vocabulary_phrase_with_clip_encoder():
     torch.testing.assert_close(out["maps"][1:], alone["maps"], atol=1e-5, rtol=1e-5)
 
 
+def test_topk_pooling_gives_the_logits_of_both_views_and_of_predict():
+    torch.manual_seed(0)
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    model = Grounder(NAMES, backbone, cls_heads=[0, 1], kmeans_iters=10, pooling="topk", pool_top=0.25)
+    b = batch()
+    out = model.train()(b)
+    torch.testing.assert_close(out["logits_ego"], class_logits(out["ego_pred"], "topk", 0.25))
+    exo_maps = out["aff_cam"].view(2, 3, len(NAMES), 4, 4)
+    torch.testing.assert_close(out["logits_exo"], class_logits(exo_maps, "topk", 0.25))
+    assert not torch.allclose(out["logits_ego"], class_logits(out["ego_pred"]))  # not the GAP logits
+    pred = model.predict(b["ego"])
+    torch.testing.assert_close(pred["logits"], class_logits(pred["ego_pred"], "topk", 0.25))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        Grounder(NAMES, backbone, cls_heads=[0], pooling="max")
+
+
 def test_constructor_validation():
     backbone = ViTBackbone("vit_small_patch16_224", **TINY)
     with pytest.raises(ValueError, match=r"cls_heads \[0, 1, 3\].*\[0, 2\)"):
@@ -209,6 +226,8 @@ def test_build_model_reads_the_config():
                 "backbone": {"name": "vit_small_patch16_224", "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2}},
                 "cls_heads": [0, 1],
                 "num_parts": 2,
+                "pooling": "topk",
+                "pool_top": 0.3,
                 "text": {"encoder": "learned"},
                 "saliency": "bitalign",
                 "text_gating": True,
@@ -223,6 +242,7 @@ def test_build_model_reads_the_config():
     assert isinstance(model.text, LearnedTextEncoder) and model.saliency == "bitalign" and model.text_gating
     assert (model.num_parts, model.conc_weight, model.proto_warmup_epochs, model.kmeans_seed) == (2, 0.5, 3, 7)
     assert (model.proto_margin, model.sep_weight) == (0.2, 2.0)
+    assert (model.pooling, model.pool_top) == ("topk", 0.3)
     assert model.aff_fc.out_channels == 3 and model.aff_proj.fc1.out_features == 128
     out = model.train()(batch(), epoch=0)
     assert out["part_scores"].shape == (2, 2)

@@ -48,6 +48,21 @@ def test_class_logits_is_global_average():
     torch.testing.assert_close(class_logits(cam), torch.tensor([[3.0, -1.0]]))
 
 
+def test_class_logits_topk_ignores_the_area_of_the_map():
+    cam = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, -4.0]]]])  # (1, 2, 2, 2)
+    torch.testing.assert_close(class_logits(cam, "topk", top=0.5), torch.tensor([[4.5, 0.0]]))
+    torch.testing.assert_close(class_logits(cam, "topk", top=0.1), torch.tensor([[6.0, 0.0]]))  # at least one
+    # the same peak on a larger background: GAP changes with the background's area, top-k does not
+    small, large = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8)
+    small[..., 0, 0] = large[..., 0, 0] = 5.0
+    assert class_logits(small) != class_logits(large)
+    torch.testing.assert_close(class_logits(small, "topk", 1 / 16), class_logits(large, "topk", 1 / 64))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        class_logits(cam, "max")
+    with pytest.raises(ValueError, match="top must be a fraction"):
+        class_logits(cam, "topk", top=1.5)
+
+
 def _clip_reference(pool: AttentionPool2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CLIP's AttentionPool2d forward with torch's multi_head_attention_forward (weights averaged over heads)."""
     seq = x.flatten(2).permute(2, 0, 1)  # (hw, B, D)

@@ -159,6 +159,13 @@ class ModelConfig:
     num_parts: int = _f(3, "K, the k-means clusters (candidate parts) per sample.")
     aff_cam_thd: float = _f(0.6, "Exocentric CAM threshold (after min-max) selecting the patches that are clustered.")
     part_iou_thd: float = _f(0.6, "Minimum PartIoU score for a cluster to become the sample's part prototype.")
+    pooling: str = _f(
+        "gap",
+        "How class maps become logits: 'gap' (global average, LOCATE) or 'topk' (ours: the mean of each map's top "
+        "pool_top fraction, so that a class is not predicted from how much background an image has).",
+        ("gap", "topk"),
+    )
+    pool_top: float = _f(0.2, "The fraction of positions that pooling=topk averages, in (0, 1].")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
     oracle_prototypes: bool = _f(
@@ -551,6 +558,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.loss.proto_margin < 1, "loss.proto_margin", cfg.loss.proto_margin, "a margin below 1")
     for key in ("proto", "conc", "contra", "sep"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
+    _check(0 < m.pool_top <= 1, "model.pool_top", m.pool_top, "a fraction in (0, 1]")
     for key in ("aff_cam_thd", "part_iou_thd"):
         _check(0 <= getattr(m, key) <= 1, f"model.{key}", getattr(m, key), "a threshold in [0, 1]")
     _check(
