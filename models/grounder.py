@@ -40,6 +40,7 @@ from models.losses import (
     classification_losses,
     concentration_loss,
     contrastive_loss,
+    fp32,
     prototype_loss,
     separation_loss,
     weighted_pool,
@@ -265,7 +266,7 @@ class Grounder(nn.Module):
             )
         h, w = ego_desc.shape[-2:]
         weights = F.adaptive_avg_pool2d(mask.to(ego_desc.device).float().unsqueeze(1), (h, w)).squeeze(1)  # (b, h, w)
-        with torch.autocast(device_type=ego_desc.device.type, enabled=False):
+        with fp32(ego_desc.device):
             protos = F.normalize(weighted_pool(ego_desc.float(), weights), dim=-1)  # (b, D)
         parts.prototypes = protos
         parts.has_prototype = weights.sum(dim=(-2, -1)) > 0

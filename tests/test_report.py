@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.report import check_targets, load_rows, main, markdown_table, spread
+from utils.report import check_targets, failed_targets, load_rows, main, markdown_table, spread
 
 
 def _split(kld: float, sim: float, best_kld: float, center=(2.0, 0.2), obj=(1.2, 0.4)) -> dict:
@@ -39,6 +39,9 @@ def test_targets_hold_exactly_at_the_bars(tmp_path: Path) -> None:
     # Unseen: 25 % below 2.0 is 1.5, and 1.5 < object 1.2 fails
     unseen = check_targets(rows[1])
     assert unseen == {"KLD >= 25% below centre": True, "KLD below object": False}
+    assert failed_targets(rows[0]) == [] and failed_targets(rows[1]) == ["KLD below object"]
+    rows[1].split = "Val"  # a split without targets
+    assert failed_targets(rows[1]) is None
 
 
 def test_each_seen_bar_can_fail_on_its_own(tmp_path: Path) -> None:
