@@ -130,7 +130,7 @@ def train_split(
     from utils.checkpoint import CheckpointMismatchError, load_checkpoint, restore_training_state, save_checkpoint
     from utils.distributed import barrier, wrap_ddp
     from utils.optim import build_optimizer, build_scheduler
-    from utils.runtime import resolve_amp_dtype, seed_everything
+    from utils.runtime import environment_info, resolve_amp_dtype, seed_everything
     from utils.trainer import (
         JsonlLog,
         build_train_loader,
@@ -333,6 +333,7 @@ def train_split(
                 split_dir,
                 epochs_done=max(start_epoch, cfg.train.epochs),
             )
+            report["environment"] = environment_info(device, amp_dtype)
             write_json(split_dir / "metrics.json", report)
             last = report["model"]["last_epoch"]
             best = report["model"]["best_epoch_test_selected"]

@@ -90,3 +90,19 @@ def test_cli_strict_exit_codes_and_errors(tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "empty" / "metrics.json").write_text("{}")
     assert main([str(tmp_path / "empty")]) == 2
     assert "no split report" in capsys.readouterr().err
+
+
+def test_the_report_says_what_each_run_was_measured_with(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"precision": "fp32", "device": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX2", "torch": "2.14.1"}
+    a = _run(tmp_path, "a", Seen={**_split(1.0, 0.5, 1.0), "environment": env})
+    b = _run(tmp_path, "b", Seen={**_split(1.1, 0.5, 1.1), "environment": env})
+    assert main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "measured with fp32 on cpu (AMD EPYC, AVX2 kernels), torch 2.14.1" in out and ": a, b" in out
+    assert "not strictly comparable" not in out
+    c = _run(tmp_path, "c", Seen={**_split(1.0, 0.5, 1.0), "environment": {**env, "precision": "bf16"}})
+    old = _run(tmp_path, "old", Seen=_split(1.0, 0.5, 1.0))  # written before runs recorded their environment
+    assert main([str(a), str(c), str(old)]) == 0
+    out = capsys.readouterr().out
+    assert "measured with bf16 on cpu" in out and "unknown (a run from before" in out
+    assert "not strictly comparable" in out

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.runtime import amp_context, resolve_amp_dtype, seed_everything, select_device, setup_logging
+from utils.runtime import (
+    amp_context,
+    environment_info,
+    resolve_amp_dtype,
+    seed_everything,
+    select_device,
+    setup_logging,
+)
 
 
 def test_select_device():
@@ -48,6 +55,18 @@ def test_amp_policy(monkeypatch):
     assert resolve_amp_dtype("auto", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match=r"train\.amp='fp8'"):
         resolve_amp_dtype("fp8", cpu)
+
+
+def test_environment_info_names_precision_kernels_and_versions():
+    import timm
+
+    cpu = torch.device("cpu")
+    info = environment_info(cpu, None)
+    assert info["precision"] == "fp32" and environment_info(cpu, torch.bfloat16)["precision"] == "bf16"
+    assert info["device"] == "cpu" and info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["torch"] == torch.__version__ and info["timm"] == timm.__version__
+    assert info["torch_threads"] == torch.get_num_threads() and info["device_name"]
+    assert info["numpy"] == np.__version__
 
 
 def test_amp_context_casts_matmuls_only_when_asked():

@@ -21,13 +21,14 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
     "TARGETS",
     "Row",
     "check_targets",
+    "describe_environment",
     "failed_targets",
     "load_rows",
     "main",
@@ -53,6 +54,7 @@ class Row:
     best_kld: float
     best_epoch: int
     baselines: dict[str, dict[str, float]]
+    environment: dict[str, str | int] = field(default_factory=dict)
 
     def baseline(self, name: str, metric: str) -> float | None:
         entry = self.baselines.get(name)
@@ -78,6 +80,7 @@ def rows_from_metrics(run: str, data: dict, splits: Sequence[str] | None = None)
                 best_kld=float(best["KLD"]),
                 best_epoch=int(best["epoch"]),
                 baselines=report.get("baselines", {}),
+                environment=report.get("environment", {}),
             )
         )
     return rows
@@ -173,6 +176,14 @@ def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
     return "\n".join(lines)
 
 
+def describe_environment(env: dict[str, str | int]) -> str:
+    """One line of what a row's numbers were measured with (``metrics.json``'s ``environment``), or "unknown"."""
+    if not env:
+        return "unknown (a run from before metrics.json recorded it)"
+    device = f"{env.get('device')} ({env.get('device_name')}, {env.get('cpu_capability')} kernels)"
+    return f"{env.get('precision')} on {device}, torch {env.get('torch')}, timm {env.get('timm')}"
+
+
 def spread(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
     """Per split: mean, population std, min and max of the last-epoch KLD and SIM over the rows (e.g. seeds)."""
     out: dict[str, dict[str, float]] = {}
@@ -212,6 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{s['kld_std']:.3f} (min {s['kld_min']:.3f}, max {s['kld_max']:.3f}); SIM {s['sim_mean']:.3f} ± "
                 f"{s['sim_std']:.3f}"
             )
+    measured: dict[str, list[str]] = {}
+    for r in rows:
+        runs = measured.setdefault(describe_environment(r.environment), [])
+        if r.run not in runs:
+            runs.append(r.run)
+    for line, runs in measured.items():
+        print(f"\nmeasured with {line}: {', '.join(runs)}")
+    if len(measured) > 1:
+        print("note: these runs differ in precision, kernels or versions; their numbers are not strictly comparable")
     if args.strict and not args.no_targets and any(failed_targets(r) for r in rows):
         return 1
     return 0

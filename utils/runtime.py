@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "amp_context",
     "cpu_has_native_bf16",
+    "environment_info",
     "resolve_amp_dtype",
     "seed_everything",
     "seed_worker",
@@ -116,6 +117,49 @@ def resolve_amp_dtype(policy: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows, else "cpu"."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, str | int]:
+    """What a run's numbers depend on besides its configuration: precision, device, CPU kernels, library versions.
+
+    The same configuration and seed give different numbers under another precision (``train.amp=auto`` picks bf16
+    only where the CPU or GPU has bf16 units) and can give slightly different ones under other kernels or versions,
+    so every ``metrics.json`` records these beside the results.
+    """
+    import platform
+    from importlib import metadata
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    info: dict[str, str | int] = {
+        "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, str(amp_dtype)),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,  # with its build tag (+cpu, +cu130, ...)
+    }
+    for package in ("timm", "numpy", "opencv-python-headless", "open-clip-torch"):
+        info[package] = version(package)
+    return info
 
 
 @contextlib.contextmanager
