@@ -59,6 +59,10 @@ logger = logging.getLogger(__name__)
 SALIENCY_MODES = ("locate", "bitalign")
 
 
+#: The smallest rate at which a training batch's mean enters the running descriptor mean (``center_descriptors``).
+DESC_MEAN_MIN_RATE = 0.01
+
+
 def binarize_at_mean(maps: torch.Tensor) -> torch.Tensor:
     """{0, 1} float masks of the positions strictly above each map's spatial mean; maps (..., h, w)."""
     return (maps > maps.mean(dim=(-2, -1), keepdim=True)).to(maps.dtype)
@@ -92,6 +96,9 @@ class Grounder(nn.Module):
         oracle_prototypes: a diagnostic, not the method: replace each sample's part prototype by the mean
             egocentric descriptor inside the true affordance part (``batch["ego_part_mask"]``, which only the
             synthetic world provides). It measures how far the part transfer could go with perfect prototypes.
+        center_descriptors: subtract the running mean of the descriptors (a buffer, ``desc_mean``) before the part
+            prototypes and the prototype loss compare them by cosine (ours; off in the published recipe). The heads
+            still see the raw descriptors.
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class Grounder(nn.Module):
         proto_margin: float = 0.5,
         contra_temperature: float = 0.5,
         oracle_prototypes: bool = False,
+        center_descriptors: bool = False,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -165,6 +173,7 @@ class Grounder(nn.Module):
         self.proto_margin = proto_margin
         self.contra_temperature = contra_temperature
         self.oracle_prototypes = oracle_prototypes
+        self.center_descriptors = center_descriptors
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
@@ -179,6 +188,9 @@ class Grounder(nn.Module):
         else:
             self.attn_pool = None
             self.logit_scale = None
+        if center_descriptors:  # only then: checkpoints of models without it keep loading
+            self.register_buffer("desc_mean", torch.zeros(dim))  # running mean of the descriptors
+            self.register_buffer("desc_mean_count", torch.zeros((), dtype=torch.long))  # training steps seen
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -272,6 +284,24 @@ class Grounder(nn.Module):
         parts.has_prototype = weights.sum(dim=(-2, -1)) > 0
         return parts
 
+    def _proto_space(self, exo_desc: torch.Tensor, ego_desc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The descriptors that the part prototypes and their loss compare by cosine.
+
+        Raw, or (``center_descriptors``) minus the running mean of the descriptors. In training the mean is updated
+        first, from this batch: the average of the exocentric and the egocentric views' means, folded in with rate
+        max(1/steps, ``DESC_MEAN_MIN_RATE``), a plain average over the first steps and then an exponential one.
+        """
+        if not self.center_descriptors:
+            return exo_desc, ego_desc
+        if self.training:
+            with torch.no_grad():
+                views = [x.detach().float().mean(dim=(0, 2, 3)) for x in (exo_desc, ego_desc)]
+                self.desc_mean_count += 1
+                rate = max(1.0 / float(self.desc_mean_count), DESC_MEAN_MIN_RATE)
+                self.desc_mean.mul_(1.0 - rate).add_(0.5 * (views[0] + views[1]), alpha=rate)
+        mu = self.desc_mean.view(1, -1, 1, 1)
+        return exo_desc - mu.to(exo_desc.dtype), ego_desc - mu.to(ego_desc.dtype)
+
     # ------------------------------------------------------------------------------------------- training
 
     def forward(self, batch: dict[str, Any], epoch: int = 0) -> dict[str, Any]:
@@ -315,10 +345,11 @@ class Grounder(nn.Module):
         index = label.view(b, 1, 1, 1).expand(b, 1, *ego_pred.shape[-2:])
         gt_ego_cam = normalize_minmax(ego_pred.gather(1, index).squeeze(1).float())  # (b, h, w)
 
+        exo_proto_desc, ego_proto_desc = self._proto_space(exo_desc, ego_desc)
         parts = select_part_prototypes(
-            rearrange(exo_desc, "(b n) d h w -> b n d h w", b=b, n=n),
+            rearrange(exo_proto_desc, "(b n) d h w -> b n d h w", b=b, n=n),
             gt_aff_cam,
-            ego_desc,
+            ego_proto_desc,
             ego_out["saliency"],
             cam_thd=self.aff_cam_thd,
             iou_thd=self.part_iou_thd,
@@ -328,13 +359,13 @@ class Grounder(nn.Module):
         )
 
         if self.oracle_prototypes and self.training:
-            parts = self._oracle_parts(parts, ego_desc, batch)
+            parts = self._oracle_parts(parts, ego_proto_desc, batch)
 
         ce_ego, ce_exo = classification_losses(ego_out["logits"], logits_exo, label)
         zero = ce_ego.new_zeros(())
         if epoch >= self.proto_warmup_epochs and self.proto_weight > 0:
             proto = prototype_loss(
-                ego_desc, gt_ego_cam, parts.prototypes, parts.has_prototype, margin=self.proto_margin
+                ego_proto_desc, gt_ego_cam, parts.prototypes, parts.has_prototype, margin=self.proto_margin
             )
         else:
             proto = zero
@@ -559,6 +590,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         proto_warmup_epochs=cfg.loss.proto_warmup_epochs,
         proto_margin=cfg.loss.proto_margin,
         oracle_prototypes=m.oracle_prototypes,
+        center_descriptors=m.center_descriptors,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -283,3 +283,50 @@ def test_oracle_prototypes_come_from_the_part_mask_and_need_it():
     model.eval()
     del b["ego_part_mask"]
     assert torch.isfinite(model(b, epoch=1)["losses"]["total"])
+
+
+def test_centred_descriptors_feed_the_prototypes_and_their_loss():
+    """center_descriptors: the part prototypes and the prototype loss see the descriptors minus their running mean
+    (after one training step, that batch's mean, both views weighted equally), so a vector shared by every
+    descriptor no longer dominates their cosines; evaluation does not move the mean; off, nothing changes."""
+    from einops import rearrange
+
+    from models.losses import prototype_loss
+    from models.parts import select_part_prototypes
+
+    torch.manual_seed(0)
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    model = Grounder(NAMES, backbone, cls_heads=[0, 1], kmeans_iters=10, center_descriptors=True).train()
+    b = batch()
+    out = model(b, epoch=1)
+    with torch.no_grad():
+        exo = model.backbone(b["exo"].flatten(0, 1))["descriptors"]  # (6, 32, 4, 4)
+        ego = model.backbone(b["ego"])["descriptors"]  # (2, 32, 4, 4)
+    mean = 0.5 * (exo.mean(dim=(0, 2, 3)) + ego.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(model.desc_mean, mean, rtol=1e-5, atol=1e-5)
+    assert int(model.desc_mean_count) == 1
+
+    def select(exo_desc: torch.Tensor, ego_desc: torch.Tensor):
+        return select_part_prototypes(
+            rearrange(exo_desc, "(b n) d h w -> b n d h w", b=2),
+            out["gt_aff_cam"],
+            ego_desc,
+            out["saliency"],
+            k=model.num_parts,
+            iters=10,
+            seed=model.kmeans_seed,
+        )
+
+    mu = mean.view(1, -1, 1, 1)
+    centred = select(exo - mu, ego - mu)
+    torch.testing.assert_close(out["part_scores"], centred.part_scores)
+    torch.testing.assert_close(out["prototypes"], centred.prototypes)
+    expected = prototype_loss(ego - mu, out["gt_ego_cam"], centred.prototypes, centred.has_prototype, margin=0.5)
+    torch.testing.assert_close(out["losses"]["proto"], expected)
+    raw = select(exo, ego)  # what the published recipe compares: a different geometry
+    assert not torch.allclose(raw.part_sim, centred.part_sim, atol=1e-3)
+    before = model.desc_mean.clone()
+    model.eval()(b, epoch=1)  # evaluation does not move the mean
+    torch.testing.assert_close(model.desc_mean, before)
+    # off (the default), there is no buffer: checkpoints of models without it keep loading
+    assert not any(k.startswith("desc_mean") for k in make().state_dict())

@@ -168,6 +168,12 @@ class ModelConfig:
     pool_top: float = _f(0.2, "The fraction of positions that pooling=topk averages, in (0, 1].")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
+    center_descriptors: bool = _f(
+        False,
+        "Subtract the running mean of the descriptors before the part prototypes and the prototype loss compare them "
+        "by cosine (ours; off in the published recipe). A random ViT's descriptors share a large common component, "
+        "so raw cosines barely tell a part from the background.",
+    )
     oracle_prototypes: bool = _f(
         False,
         "Diagnostic, not the method: train with part prototypes taken from the true affordance-part masks of the "
