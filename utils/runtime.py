@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import random
 import sys
 from collections.abc import Iterator
@@ -86,6 +87,14 @@ def setup_logging(run_dir: str | Path | None = None, level: int = logging.INFO, 
         root.addHandler(fh)
 
 
+def _cpuinfo() -> str:
+    """The text of /proc/cpuinfo, or "" where there is none (macOS, Windows, a restricted container)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16), where bf16 autocast pays off.
 
@@ -94,11 +103,8 @@ def cpu_has_native_bf16() -> bool:
     override = os.environ.get("WSAG_CPU_BF16")
     if override is not None:
         return override == "1"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+    flags = _cpuinfo().split()
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
 def resolve_amp_dtype(policy: str, device: torch.device) -> torch.dtype | None:
@@ -121,14 +127,9 @@ def resolve_amp_dtype(policy: str, device: torch.device) -> torch.dtype | None:
 
 def _cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows, else "cpu"."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "cpu"
 
 
@@ -139,7 +140,6 @@ def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dic
     only where the CPU or GPU has bf16 units) and can give slightly different ones under other kernels or versions,
     so every ``metrics.json`` records these beside the results.
     """
-    import platform
     from importlib import metadata
 
     def version(package: str) -> str:
