@@ -58,6 +58,7 @@ def test_amp_policy(monkeypatch):
 
 
 def test_environment_info_names_precision_kernels_and_versions():
+    import cv2
     import timm
 
     cpu = torch.device("cpu")
@@ -66,7 +67,7 @@ def test_environment_info_names_precision_kernels_and_versions():
     assert info["device"] == "cpu" and info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert info["torch"] == torch.__version__ and info["timm"] == timm.__version__
     assert info["torch_threads"] == torch.get_num_threads() and info["device_name"]
-    assert info["numpy"] == np.__version__
+    assert info["numpy"] == np.__version__ and info["opencv"] == cv2.__version__
 
 
 def test_amp_context_casts_matmuls_only_when_asked():

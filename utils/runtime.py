@@ -142,6 +142,8 @@ def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dic
     """
     from importlib import metadata
 
+    import cv2  # the module actually imported, whichever wheel provides it (opencv-python, -headless, -contrib)
+
     def version(package: str) -> str:
         try:
             return metadata.version(package)
@@ -157,8 +159,9 @@ def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dic
         "python": platform.python_version(),
         "torch": torch.__version__,  # with its build tag (+cpu, +cu130, ...)
     }
-    for package in ("timm", "numpy", "opencv-python-headless", "open-clip-torch"):
+    for package in ("timm", "numpy", "open-clip-torch"):
         info[package] = version(package)
+    info["opencv"] = cv2.__version__
     return info
 
 
