@@ -20,8 +20,9 @@ TINY = [
 ]
 
 
-def test_benchmark_writes_every_measurement(tmp_path, capsys):
+def test_benchmark_writes_every_measurement(tmp_path, capsys, caplog, monkeypatch):
     out = tmp_path / "bench.json"
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: False)  # as on an AVX2-only CPU
     code = benchmark.main(
         ["--config", "configs/synthetic.yaml", "--device", "cpu", "--batch-size", "2", "--warmup", "0",
          "--repeats", "1", "--amp", "--out", str(out), *TINY]
@@ -37,6 +38,11 @@ def test_benchmark_writes_every_measurement(tmp_path, capsys):
         assert column["train_step_s"] > 0 and column["backbone_step_images_s"] > 0
     printed = capsys.readouterr().out
     assert "training step (samples/s)" in printed and "target <= 1.6" in printed
+    machine = report["machine"]  # the same environment record as a run's metrics.json
+    assert machine["device"] == "cpu" and machine["device_name"] and machine["cpu_capability"]
+    assert machine["torch"] == __import__("torch").__version__ and "training_policy" in machine
+    assert f"{machine['cpu_capability']} kernels" in printed
+    assert "bf16 is emulated" in caplog.text  # --amp where bf16 is slow says so before the long run
 
 
 def test_benchmark_rejects_a_bad_override(tmp_path):

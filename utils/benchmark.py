@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import resource
 import statistics
 import sys
@@ -29,7 +28,14 @@ from typing import Any
 import torch
 
 from utils.config import Config, load_config
-from utils.runtime import amp_context, resolve_amp_dtype, select_device, setup_logging
+from utils.runtime import (
+    amp_context,
+    cpu_has_native_bf16,
+    environment_info,
+    resolve_amp_dtype,
+    select_device,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,24 +208,30 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, torch.dtype | None] = {"fp32": None}
     if policy is not None or args.amp:
         settings["bf16"] = torch.bfloat16
+    if args.amp and device.type == "cpu" and not cpu_has_native_bf16():
+        logger.warning(
+            "--amp on a CPU without bf16 units (no AMX-BF16 or AVX512-BF16): bf16 is emulated there, much slower "
+            "than fp32 (the bf16 column can take many times as long), and train.amp=auto would train in fp32"
+        )
     results: dict[str, dict[str, float]] = {}
     for name, dtype in settings.items():
         logger.info("benchmark %s on %s, batch %d, %s at %d px", name, device, batch, cfg.model.backbone.name,
                     cfg.data.image_size)  # fmt: skip
         results[name] = run_benchmark(cfg, device, dtype, batch, args.warmup, args.repeats)
-    machine = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "training_policy": f"train.amp={cfg.train.amp} -> {'bf16' if policy is not None else 'fp32'}",
-    }
+    # the same record as every run's metrics.json (device and CPU name, kernels, threads, library versions)
+    machine: dict[str, Any] = environment_info(device, policy)
+    machine.pop("precision")  # each column has its own; the training policy says which one training uses
+    machine["training_policy"] = f"train.amp={cfg.train.amp} -> {'bf16' if policy is not None else 'fp32'}"
     report = {"machine": machine, "batch_size": batch, "backbone": cfg.model.backbone.name,
               "image_size": cfg.data.image_size, "num_exo": cfg.data.num_exo, "results": results}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(format_table(results))
-    print(f"\n{machine}\nwritten: {args.out}")
+    print(
+        f"\nmeasured on {machine['device']} ({machine['device_name']}, {machine['cpu_capability']} kernels, "
+        f"{machine['torch_threads']} threads), torch {machine['torch']}, {machine['training_policy']}"
+        f"\nwritten: {args.out}"
+    )
     return 0
 
 
