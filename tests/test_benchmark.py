@@ -52,9 +52,10 @@ def test_benchmark_rejects_a_bad_override(tmp_path):
         benchmark.main(["--config", "configs/synthetic.yaml", "--out", str(tmp_path / "b.json"), "train.batch_sz=2"])
 
 
-def test_interleaved_timing_runs_each_function_once_per_round_in_order():
+def test_interleaved_timing_runs_each_function_once_per_round_and_rotates_the_order():
     calls: list[str] = []
     fns = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
-    times = benchmark.time_interleaved(fns, __import__("torch").device("cpu"), warmup=1, repeats=2)
-    assert calls == ["a", "b", "c"] * 3  # one warm-up round, then two timed rounds
+    times = benchmark.time_interleaved(fns, __import__("torch").device("cpu"), warmup=1, repeats=3)
+    # one warm-up round in order, then three timed rounds, each starting one function later
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert set(times) == {"a", "b", "c"} and all(t >= 0 for t in times.values())
