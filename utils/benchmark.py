@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from utils.config import Config, load_config
+from utils.report import describe_device
 from utils.runtime import (
     amp_context,
     cpu_has_native_bf16,
@@ -234,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(format_table(results))
     print(
-        f"\nmeasured on {machine['device']} ({machine['device_name']}, {machine['cpu_capability']} kernels, "
-        f"{machine['torch_threads']} threads), torch {machine['torch']}, {machine['training_policy']}"
+        f"\nmeasured on {describe_device(machine)} with {machine['torch_threads']} threads, torch {machine['torch']}, "
+        f"{machine['training_policy']}"
         f"\nwritten: {args.out}"
     )
     return 0

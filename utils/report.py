@@ -28,6 +28,7 @@ __all__ = [
     "TARGETS",
     "Row",
     "check_targets",
+    "describe_device",
     "describe_environment",
     "failed_targets",
     "load_rows",
@@ -176,12 +177,16 @@ def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
     return "\n".join(lines)
 
 
+def describe_device(env: dict[str, str | int]) -> str:
+    """The device of an environment record (``utils.runtime.environment_info``): "cpu (AMD EPYC, AVX2 kernels)"."""
+    return f"{env.get('device')} ({env.get('device_name')}, {env.get('cpu_capability')} kernels)"
+
+
 def describe_environment(env: dict[str, str | int]) -> str:
     """One line of what a row's numbers were measured with (``metrics.json``'s ``environment``), or "unknown"."""
     if not env:
         return "unknown (a run from before metrics.json recorded it)"
-    device = f"{env.get('device')} ({env.get('device_name')}, {env.get('cpu_capability')} kernels)"
-    return f"{env.get('precision')} on {device}, torch {env.get('torch')}, timm {env.get('timm')}"
+    return f"{env.get('precision')} on {describe_device(env)}, torch {env.get('torch')}, timm {env.get('timm')}"
 
 
 def spread(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
