@@ -349,14 +349,11 @@ def _run(args: argparse.Namespace) -> int:
         "config": config_to_dict(cfg),
     }
     for split in splits:
-        test_set = AGD20KTest(
-            cfg.data.root,
-            split=split,
-            image_size=cfg.data.image_size,
-            eval_size=cfg.data.eval_size,
+        test_set = AGD20KTest.from_config(
+            cfg,
+            split,
             class_names=class_names,  # the model's label indices (None: the split's own list)
             with_masks=args.baseline == "object",
-            cache_dir=cfg.data.gt_cache or None,
         )
         if model is not None:
             eval_size = (cfg.data.eval_size, cfg.data.eval_size)

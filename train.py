@@ -149,26 +149,12 @@ def train_split(
 
     # ================================================================================================ data
     logger.info("==================== %s: data ====================", split)
-    train_set = AGD20KTrain(
-        cfg.data.root,
-        split=split,
-        num_exo=cfg.data.num_exo,
-        image_size=cfg.data.image_size,
-        resize_size=cfg.data.resize_size,
-        seed=cfg.seed,
-        with_part_masks=cfg.model.oracle_prototypes,
-    )
+    train_set = AGD20KTrain.from_config(cfg, split)
     class_names = list(train_set.class_names)
     test_set = None  # rank 0 alone evaluates
     if main_proc:
-        test_set = AGD20KTest(
-            cfg.data.root,
-            split=split,
-            image_size=cfg.data.image_size,
-            eval_size=cfg.data.eval_size,
-            class_names=class_names,
-            with_masks="object" in cfg.eval.baselines,
-            cache_dir=cfg.data.gt_cache or None,
+        test_set = AGD20KTest.from_config(
+            cfg, split, class_names=class_names, with_masks="object" in cfg.eval.baselines
         )
     loader = build_train_loader(train_set, cfg, dist, device)
     logger.info(

@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -383,6 +384,30 @@ class AGD20KTrain(Dataset):
         """
         self._epoch.fill_(int(epoch))
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        split: str,
+        seed: int | None = None,
+        class_names: Sequence[str] | None = None,
+        with_part_masks: bool | None = None,
+    ) -> AGD20KTrain:
+        """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
+
+        ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.oracle_prototypes``.
+        """
+        return cls(
+            cfg.data.root,
+            split=split,
+            num_exo=cfg.data.num_exo,
+            image_size=cfg.data.image_size,
+            resize_size=cfg.data.resize_size,
+            seed=cfg.seed if seed is None else seed,
+            class_names=class_names,
+            with_part_masks=cfg.model.oracle_prototypes if with_part_masks is None else with_part_masks,
+        )
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -554,6 +579,21 @@ class AGD20KTest(Dataset):
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
         logger.info("GT maps cached to %s", path)
         return arr
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, split: str, class_names: Sequence[str] | None = None, with_masks: bool = False
+    ) -> AGD20KTest:
+        """The test set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``, GT cache too)."""
+        return cls(
+            cfg.data.root,
+            split=split,
+            image_size=cfg.data.image_size,
+            eval_size=cfg.data.eval_size,
+            class_names=class_names,
+            with_masks=with_masks,
+            cache_dir=cfg.data.gt_cache or None,
+        )
 
     def __len__(self) -> int:
         return len(self.items)

@@ -324,3 +324,28 @@ def test_part_masks_follow_the_egocentric_crop_and_leave_the_image_unchanged(wor
     shutil.rmtree(root / "Seen/masks/train_part")
     with pytest.raises(FileNotFoundError, match=r"part mask for every egocentric training image.*oracle_prototypes"):
         AGD20KTrain(root, "Seen", image_size=32, resize_size=40, with_part_masks=True)
+
+
+def test_from_config_builds_the_sets_the_config_describes(world, tmp_path):
+    from utils.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={world}",
+            "data.image_size=32",
+            "data.resize_size=40",
+            "data.eval_size=24",
+            "data.num_exo=2",
+            "seed=7",
+            f"data.gt_cache={tmp_path / 'cache'}",
+        ],
+    )
+    train = AGD20KTrain.from_config(cfg, "Seen")
+    assert (train.num_exo, train.image_size, train.resize_size, train.seed) == (2, 32, 40, 7)
+    assert not train.with_part_masks  # model.oracle_prototypes is off
+    assert AGD20KTrain.from_config(cfg, "Seen", seed=3, with_part_masks=True).seed == 3
+    test = AGD20KTest.from_config(cfg, "Unseen", with_masks=True)
+    assert (test.split, test.image_size, test.eval_size, test.with_masks) == ("Unseen", 32, 24, True)
+    assert test[0]["gt"].shape == (24, 24)
+    assert list((tmp_path / "cache").glob("*.npy"))  # the config's GT cache is used
