@@ -313,7 +313,8 @@ class Grounder(nn.Module):
 
         Returns:
             The dict of (``aff_cam``, ``gt_aff_cam``, ``ego_pred``, ``gt_ego_cam``,
-            logits, saliency outputs, part outputs and ``losses``).
+            logits, saliency outputs, part outputs (``part_centroids`` (b, K, D) and ``part_best`` (b,) are the
+            k-means clusters and the chosen one, for utils/part_diagnostics.py) and ``losses``).
         """
         exo, ego = batch["exo"], batch["ego"]
         if exo.dim() != 5 or ego.dim() != 4 or exo.shape[0] != ego.shape[0]:
@@ -395,6 +396,8 @@ class Grounder(nn.Module):
             "part_scores": parts.part_scores,
             "prototypes": parts.prototypes,
             "has_prototype": parts.has_prototype,
+            "part_centroids": parts.centroids,
+            "part_best": parts.best,
             "losses": {
                 "ce_ego": ce_ego,
                 "ce_exo": ce_exo,

@@ -59,6 +59,8 @@ def test_forward_outputs_match_the_interface():
         "part_scores": (2, 3),
         "prototypes": (2, 32),
         "has_prototype": (2,),
+        "part_centroids": (2, 3, 32),
+        "part_best": (2,),
     }
     for key, shape in shapes.items():
         assert tuple(out[key].shape) == shape, key

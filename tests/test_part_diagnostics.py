@@ -1,0 +1,162 @@
+"""utils/part_diagnostics.py: exact numbers on stand-in models, and the command end to end on a tiny world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from utils import part_diagnostics as pd
+
+CONFIG = """\
+data:
+  root: {root}
+  splits: [Seen]
+  image_size: 32
+  resize_size: 32
+  eval_size: 32
+  num_workers: 0
+  synthetic: {{enabled: true, image_size: 32, exo_per_folder: 2, ego_per_folder: 1, test_per_folder: 1}}
+model:
+  backbone: {{name: vit_small_patch16_224, kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}}}
+  cls_heads: [0, 1]
+  center_descriptors: true
+device: cpu
+"""
+
+
+class _Backbone(nn.Module):
+    def __init__(self, desc: torch.Tensor) -> None:
+        super().__init__()
+        self.desc = desc
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"descriptors": self.desc}
+
+
+class _SelectionModel(nn.Module):
+    """Two samples, a 2x2 grid, K = 3: the true part of sample 0 is its top-left patch, of sample 1 its bottom row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_parts = 3
+        self.class_names = ["a", "b"]
+        self.w = nn.Parameter(torch.zeros(()))
+        e = torch.eye(4)
+        desc = torch.zeros(2, 4, 2, 2)
+        desc[0, :, 0, 0], desc[0, :, 0, 1], desc[0, :, 1, 0], desc[0, :, 1, 1] = e[0], e[1], e[1], e[1]
+        desc[1, :, 0, 0], desc[1, :, 0, 1], desc[1, :, 1, 0], desc[1, :, 1, 1] = e[2], e[2], e[3], e[3]
+        # The backbone's descriptors carry a common offset that _proto_space removes (the centred space): the true
+        # prototypes below are only right if the diagnostic pools the centred descriptors.
+        self.offset = torch.full((1, 4, 1, 1), 3.0)
+        self.backbone = _Backbone(desc + self.offset)
+        # Sample 0: cluster 0 is the true part (e0) and is chosen. Sample 1: the true part is e3, cluster 2 is it,
+        # but cluster 1 (e2, cosine 0) is chosen.
+        self.centroids = torch.stack([torch.stack([e[0], e[1], -e[0]]), torch.stack([-e[3], e[2], 2 * e[3]])])
+        self.best = torch.tensor([0, 1])
+
+    def _proto_space(self, exo: torch.Tensor, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return exo - self.offset, ego - self.offset
+
+    def forward(self, batch: dict, epoch: int = 0) -> dict:
+        return {"part_centroids": self.centroids, "part_best": self.best, "has_prototype": torch.tensor([True, False])}
+
+
+def test_prototype_selection_scores_the_chosen_cluster_against_the_true_part() -> None:
+    model = _SelectionModel()
+    mask = torch.zeros(2, 4, 4)
+    mask[0, :2, :2] = 1  # top-left patch of the 2x2 grid
+    mask[1, 2:, :] = 1  # bottom row
+    batch = {"ego": torch.zeros(2, 3, 4, 4), "ego_part_mask": mask, "label": torch.tensor([0, 1])}
+    stats = pd.prototype_selection(model, [batch, batch], max_batches=1)
+    a, b = stats["per_affordance"]["a"], stats["per_affordance"]["b"]
+    assert a["count"] == 1 and b["count"] == 1  # one batch only
+    assert a["chosen_is_nearest"] == 1.0 and a["chosen_cos"] == pytest.approx(1.0) and a["best_cos"] == 1.0
+    assert a["random_cos"] == pytest.approx(0.0)  # cosines 1, 0, -1
+    assert b["chosen_is_nearest"] == 0.0 and b["chosen_cos"] == pytest.approx(0.0)
+    assert b["best_cos"] == pytest.approx(1.0) and b["random_cos"] == pytest.approx(0.0)
+    assert a["has_prototype"] == 1.0 and b["has_prototype"] == 0.0
+    assert stats["overall"]["chosen_is_nearest"] == 0.5 and stats["overall"]["count"] == 2
+
+
+class _MapModel(nn.Module):
+    """predict() returns a fixed map per image, whatever the input."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.maps = maps
+
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output_size: tuple[int, int]) -> dict:
+        return {"maps": self.maps[: images.shape[0]]}
+
+
+def test_map_placement_splits_the_mass_into_part_rest_and_background() -> None:
+    obj = torch.zeros(2, 4, 4)
+    obj[:, :2, :] = 1  # top half is the object
+    part = torch.zeros(2, 4, 4)
+    part[:, 0, :] = 1  # top row is the part
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 0, 0] = 1.0  # all on the part
+    maps[1, 0, 0], maps[1, 1, 0], maps[1, 3, 3], maps[1, 3, 2] = 1.0, 1.0, 1.0, 1.0  # 1/4 part, 1/4 rest, 1/2 bg
+    items = [
+        {"image": torch.zeros(3, 4, 4), "label": 0, "affordance": aff, "part_mask": part[i], "object_mask": obj[i]}
+        for i, aff in enumerate(["x", "y"])
+    ]
+    stats = pd.map_placement(_MapModel(maps), items, batch_size=2)
+    x, y = stats["per_affordance"]["x"], stats["per_affordance"]["y"]
+    assert (x["part"], x["object_rest"], x["background"]) == pytest.approx((1.0, 0.0, 0.0))
+    assert (y["part"], y["object_rest"], y["background"]) == pytest.approx((0.25, 0.25, 0.5))
+    assert stats["overall"]["part"] == pytest.approx(0.625)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from datasets.agd20k import load_class_names
+    from datasets.synthetic import ensure_world
+    from models.grounder import build_model
+    from utils.checkpoint import save_checkpoint
+    from utils.config import load_config
+
+    base = tmp_path_factory.mktemp("diag")
+    cfg_path = base / "tiny.yaml"
+    cfg_path.write_text(CONFIG.format(root=base / "world"))
+    cfg = load_config(cfg_path, [])
+    s = cfg.data.synthetic
+    ensure_world(
+        cfg.data.root, s.seed, s.image_size, s.exo_per_folder, s.ego_per_folder, s.test_per_folder, progress=False
+    )
+    torch.manual_seed(0)
+    names = load_class_names(cfg.data.root, "Seen")
+    model = build_model(cfg, names)
+    model.desc_mean.normal_()  # a non-zero running mean, as after training
+    return save_checkpoint(
+        base / "run" / "Seen" / "last.pth", model=model, cfg=cfg, class_names=names, epoch=1, step=2, split="Seen"
+    )
+
+
+def test_command_writes_both_tables(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pd.main(["--checkpoint", str(checkpoint), "--batches", "2", "--batch-size", "4", "--no-progress"]) == 0
+    report = json.loads((checkpoint.parent / "part_diagnostics.json").read_text())
+    assert report["split"] == "Seen"
+    sel, place = report["prototype_selection"], report["map_placement"]
+    assert 0 < sel["overall"]["count"] <= 8
+    for d in sel["per_affordance"].values():
+        assert 0 <= d["chosen_is_nearest"] <= 1 and -1 <= d["random_cos"] <= d["best_cos"] <= 1 + 1e-6
+        assert d["chosen_cos"] <= d["best_cos"] + 1e-6
+    for d in place["per_affordance"].values():
+        assert d["part"] + d["object_rest"] + d["background"] == pytest.approx(1.0, abs=1e-4)
+    gt_dir = checkpoint.parents[2] / "world" / "Seen" / "testset" / "GT"
+    assert place["overall"]["count"] == len(list(gt_dir.rglob("*.png")))
+    printed = capsys.readouterr().out
+    assert "Prototype selection" in printed and "Where the label map's mass lies" in printed
+
+
+def test_command_errors_are_clear(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pd.main(["--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pd.parse_args(["--checkpoint", str(checkpoint), "--batches", "0"])

@@ -1,0 +1,244 @@
+"""Where a trained model's part transfer goes wrong, measured against the synthetic world's true part masks.
+
+    python -m utils.part_diagnostics --checkpoint runs/proof/seed0/Seen/last.pth [--batches 12] [--out FILE]
+
+A diagnostic for the offline proof, not part of the method: it reads the part masks that only the synthetic world
+has (``masks/train_part`` and ``masks/part``, ``masks/object``). Two measurements, per affordance:
+
+- **Prototype selection** (training samples): the model's own step (k-means of the exocentric CAM region, the
+  cluster chosen by PartIoU) is run in eval mode, and every cluster's centroid is compared by cosine with the *true*
+  prototype, the egocentric descriptors pooled inside the true affordance part, in the same (centred) space as the
+  prototype loss. ``chosen_is_nearest`` is how often the chosen cluster is the one closest to the true prototype
+  (chance 1/K), ``chosen_cos`` the chosen cluster's cosine, ``random_cos`` the mean over the K clusters (what a
+  random pick scores) and ``best_cos`` the closest cluster's (what a perfect pick among these clusters scores).
+  ``has_prototype`` is the share of samples whose best PartIoU passes the threshold, so that the loss uses them.
+- **Map placement** (test images): the share of the label map's mass (the min-max prediction divided by its sum)
+  on the affordance part, on the rest of the object and on the background.
+
+The two tables are printed and written as JSON (default: ``part_diagnostics.json`` next to the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.losses import weighted_pool
+
+__all__ = ["main", "map_placement", "prototype_selection"]
+
+logger = logging.getLogger(__name__)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@torch.no_grad()
+def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progress: bool = False) -> dict[str, Any]:
+    """Per-affordance statistics of the model's part-prototype selection against the true prototypes.
+
+    Args:
+        model: a :class:`models.grounder.Grounder` (run in eval mode: batch norm and the descriptor mean are frozen).
+        loader: training batches with ``ego_part_mask`` (``AGD20KTrain(with_part_masks=True)``).
+        max_batches: stop after this many batches.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"per_affordance": {name: stats}, "overall": stats, "num_parts": K}``; stats hold ``count`` (samples with
+        clusters), ``has_prototype``, ``chosen_is_nearest``, ``chosen_cos``, ``random_cos`` and ``best_cos``.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    try:
+        for i, batch in enumerate(tqdm(loader, total=max_batches, desc="prototypes", disable=not progress)):
+            if i >= max_batches:
+                break
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            out = model(batch, epoch=0)
+            ego_desc = model.backbone(batch["ego"])["descriptors"]
+            _, ego_desc = model._proto_space(ego_desc, ego_desc)  # eval mode: the running mean is not updated
+            h, w = ego_desc.shape[-2:]
+            part = F.adaptive_avg_pool2d(batch["ego_part_mask"].float().unsqueeze(1), (h, w)).squeeze(1)
+            true_proto = F.normalize(weighted_pool(ego_desc.float(), part), dim=-1)  # (b, D)
+            centroids = out["part_centroids"].float()  # (b, K, D)
+            valid = centroids.abs().sum(dim=(1, 2)) > 0
+            cos = einsum(F.normalize(centroids, dim=-1), true_proto, "b k d, b d -> b k")  # (b, K)
+            chosen = out["part_best"]
+            for j in range(cos.shape[0]):
+                if not bool(valid[j]) or float(part[j].sum()) == 0:
+                    continue
+                name = model.class_names[int(batch["label"][j])]
+                r = rows[name]
+                r["has_prototype"].append(float(out["has_prototype"][j]))
+                r["chosen_is_nearest"].append(float(int(chosen[j]) == int(cos[j].argmax())))
+                r["chosen_cos"].append(float(cos[j, chosen[j]]))
+                r["random_cos"].append(float(cos[j].mean()))
+                r["best_cos"].append(float(cos[j].max()))
+    finally:
+        model.train(was_training)
+    keys = ("has_prototype", "chosen_is_nearest", "chosen_cos", "random_cos", "best_cos")
+
+    def stats(lists: list[dict[str, list[float]]]) -> dict[str, Any]:
+        d: dict[str, Any] = {"count": sum(len(x["chosen_cos"]) for x in lists)}
+        for k in keys:
+            d[k] = _mean([v for x in lists for v in x[k]])
+        return d
+
+    return {
+        "num_parts": model.num_parts,
+        "per_affordance": {name: stats([rows[name]]) for name in sorted(rows)},
+        "overall": stats(list(rows.values())),
+    }
+
+
+@torch.no_grad()
+def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: bool = False) -> dict[str, Any]:
+    """Per-affordance share of the label map's mass on the part, the rest of the object and the background.
+
+    Args:
+        model: a :class:`models.grounder.Grounder`.
+        test_set: ``AGD20KTest(..., with_masks=True)`` of the synthetic world.
+        batch_size: images per batch.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"per_affordance": {name: {"count", "part", "object_rest", "background"}}, "overall": {...}}``.
+    """
+    device = next(model.parameters()).device
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in tqdm(loader, desc="maps", disable=not progress):
+        part, obj = batch["part_mask"].to(device).float(), batch["object_mask"].to(device).float()
+        maps = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=part.shape[-2:])["maps"]
+        mass = maps.float() / maps.float().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        rest = (obj - part).clamp_min(0)
+        shares = {
+            "part": (mass * part).sum(dim=(-2, -1)),
+            "object_rest": (mass * rest).sum(dim=(-2, -1)),
+            "background": (mass * (1 - obj)).sum(dim=(-2, -1)),
+        }
+        for j, name in enumerate(batch["affordance"]):
+            for k, v in shares.items():
+                rows[name][k].append(float(v[j]))
+
+    def stats(lists: list[dict[str, list[float]]]) -> dict[str, Any]:
+        d: dict[str, Any] = {"count": sum(len(x["part"]) for x in lists)}
+        for k in ("part", "object_rest", "background"):
+            d[k] = _mean([v for x in lists for v in x[k]])
+        return d
+
+    return {"per_affordance": {n: stats([rows[n]]) for n in sorted(rows)}, "overall": stats(list(rows.values()))}
+
+
+def _fmt(v: Any) -> str:
+    return "    -" if v is None else f"{v:5.2f}"
+
+
+def format_tables(report: dict[str, Any]) -> str:
+    """The two measurements as plain-text tables."""
+    sel, place = report["prototype_selection"], report["map_placement"]
+    k = sel["num_parts"]
+    lines = [
+        f"Prototype selection on training samples (K = {k} clusters; chance of picking the nearest: {1 / k:.2f})",
+        f"{'affordance':<12}{'n':>5}{'has':>7}{'nearest':>9}{'chosen':>8}{'random':>8}{'best':>7}",
+    ]
+    for name, d in [*sel["per_affordance"].items(), ("overall", sel["overall"])]:
+        lines.append(
+            f"{name:<12}{d['count']:>5}  {_fmt(d['has_prototype'])}    {_fmt(d['chosen_is_nearest'])}   "
+            f"{_fmt(d['chosen_cos'])}   {_fmt(d['random_cos'])}  {_fmt(d['best_cos'])}"
+        )
+    lines += [
+        "(has: share with a prototype the loss uses; nearest: the chosen cluster is the closest to the true prototype;",
+        " chosen / random / best: cosine with the true prototype of the chosen, an average and the closest cluster)",
+        "",
+        "Where the label map's mass lies on the test images (shares sum to 1)",
+        f"{'affordance':<12}{'n':>5}{'part':>8}{'object':>8}{'backgr.':>9}",
+    ]
+    for name, d in [*place["per_affordance"].items(), ("overall", place["overall"])]:
+        lines.append(
+            f"{name:<12}{d['count']:>5}   {_fmt(d['part'])}   {_fmt(d['object_rest'])}    {_fmt(d['background'])}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m utils.part_diagnostics",
+        description="Measure a trained model's part-prototype selection and map placement against the synthetic "
+        "world's true part masks (a diagnostic; the method never reads masks).",
+    )
+    p.add_argument("--checkpoint", required=True, help="A checkpoint written by train.py (e.g. runs/x/Seen/last.pth).")
+    p.add_argument("--split", default=None, help="Seen or Unseen (default: the checkpoint's split).")
+    p.add_argument("--batches", type=int, default=12, help="Training batches for the prototype measurement.")
+    p.add_argument("--batch-size", type=int, default=32, help="Samples per batch.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the training-sample order and augmentation.")
+    p.add_argument("--out", default=None, help="JSON output (default: part_diagnostics.json beside the checkpoint).")
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    args = p.parse_args(argv)
+    if args.batches < 1 or args.batch_size < 1:
+        p.error(f"--batches and --batch-size must be positive, got {args.batches} and {args.batch_size}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run both measurements, print them and write the JSON; 2 on a bad checkpoint or data without part masks."""
+    from datasets.agd20k import AGD20KTest, AGD20KTrain
+    from utils.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+    from utils.runtime import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        model, cfg, class_names = build_model_from_checkpoint(args.checkpoint, "cpu")
+    except (CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    split = args.split or ckpt.get("split") or "Seen"
+    del ckpt
+    try:
+        train_set = AGD20KTrain.from_config(cfg, split, seed=args.seed, class_names=class_names, with_part_masks=True)
+        test_set = AGD20KTest.from_config(cfg, split, class_names=class_names, with_masks=True)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not test_set.with_masks:
+        print(
+            f"error: the test set under {cfg.data.root} ({split}) has no object/part masks; this diagnostic needs the "
+            "synthetic world (python -m datasets.synthetic)",
+            file=sys.stderr,
+        )
+        return 2
+    gen = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=0, generator=gen)
+    report = {
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "split": split,
+        "prototype_selection": prototype_selection(model, loader, args.batches, progress=not args.no_progress),
+        "map_placement": map_placement(model, test_set, args.batch_size, progress=not args.no_progress),
+    }
+    print(format_tables(report))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("part_diagnostics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
