@@ -83,15 +83,31 @@ def test_prototype_selection_scores_the_chosen_cluster_against_the_true_part() -
 
 
 class _MapModel(nn.Module):
-    """predict() returns a fixed map per image, whatever the input."""
+    """predict() returns fixed maps per image, whatever the input: the label map, the saliency, two class maps."""
 
-    def __init__(self, maps: torch.Tensor) -> None:
+    def __init__(self, maps: torch.Tensor, saliency: torch.Tensor, ego_pred: torch.Tensor) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.zeros(()))
-        self.maps = maps
+        self.maps, self.saliency, self.ego_pred = maps, saliency, ego_pred
 
     def predict(self, images: torch.Tensor, labels: torch.Tensor, output_size: tuple[int, int]) -> dict:
-        return {"maps": self.maps[: images.shape[0]]}
+        b = images.shape[0]
+        return {"maps": self.maps[:b], "saliency": self.saliency[:b], "ego_pred": self.ego_pred[:b]}
+
+
+def test_object_auc_counts_ties_half_and_skips_degenerate_masks() -> None:
+    mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]]).repeat(4, 1, 1)
+    scores = torch.stack(
+        [
+            torch.tensor([[2.0, 3.0], [0.0, 1.0]]),  # every object pixel above every background pixel
+            torch.tensor([[0.0, 1.0], [2.0, 3.0]]),  # every one below
+            torch.ones(2, 2),  # all tied
+            torch.tensor([[1.0, 3.0], [2.0, 0.0]]),  # pairs (1,2) (1,0) (3,2) (3,0): 3 of 4 right
+        ]
+    )
+    auc = pd.object_auc(scores, mask)
+    assert auc.tolist() == pytest.approx([1.0, 0.0, 0.5, 0.75])
+    assert torch.isnan(pd.object_auc(torch.rand(1, 2, 2), torch.zeros(1, 2, 2))).all()
 
 
 def test_map_placement_splits_the_mass_into_part_rest_and_background() -> None:
@@ -106,11 +122,17 @@ def test_map_placement_splits_the_mass_into_part_rest_and_background() -> None:
         {"image": torch.zeros(3, 4, 4), "label": 0, "affordance": aff, "part_mask": part[i], "object_mask": obj[i]}
         for i, aff in enumerate(["x", "y"])
     ]
-    stats = pd.map_placement(_MapModel(maps), items, batch_size=2)
+    # On a 2x2 grid, upsampled to 4x4: the saliency is the object (top row of the grid) for image 0 and its inverse
+    # for image 1; the class maps' log-sum-exp is the object for both.
+    saliency = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 1.0]]])
+    ego_pred = torch.stack([saliency[0], saliency[0] - 1.0]).unsqueeze(0).repeat(2, 1, 1, 1)  # (2, C=2, 2, 2)
+    stats = pd.map_placement(_MapModel(maps, saliency, ego_pred), items, batch_size=2)
     x, y = stats["per_affordance"]["x"], stats["per_affordance"]["y"]
     assert (x["part"], x["object_rest"], x["background"]) == pytest.approx((1.0, 0.0, 0.0))
     assert (y["part"], y["object_rest"], y["background"]) == pytest.approx((0.25, 0.25, 0.5))
     assert stats["overall"]["part"] == pytest.approx(0.625)
+    assert (x["saliency_auc"], y["saliency_auc"], stats["overall"]["saliency_auc"]) == pytest.approx((1.0, 0.0, 0.5))
+    assert x["objectness_auc"] == pytest.approx(1.0) and y["objectness_auc"] == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +171,7 @@ def test_command_writes_both_tables(checkpoint: Path, capsys: pytest.CaptureFixt
         assert d["chosen_cos"] <= d["best_cos"] + 1e-6
     for d in place["per_affordance"].values():
         assert d["part"] + d["object_rest"] + d["background"] == pytest.approx(1.0, abs=1e-4)
+        assert 0 <= d["saliency_auc"] <= 1 and 0 <= d["objectness_auc"] <= 1
     gt_dir = checkpoint.parents[2] / "world" / "Seen" / "testset" / "GT"
     assert place["overall"]["count"] == len(list(gt_dir.rglob("*.png")))
     printed = capsys.readouterr().out

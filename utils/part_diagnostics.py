@@ -13,7 +13,10 @@ has (``masks/train_part`` and ``masks/part``, ``masks/object``). Two measurement
   random pick scores) and ``best_cos`` the closest cluster's (what a perfect pick among these clusters scores).
   ``has_prototype`` is the share of samples whose best PartIoU passes the threshold, so that the loss uses them.
 - **Map placement** (test images): the share of the label map's mass (the min-max prediction divided by its sum)
-  on the affordance part, on the rest of the object and on the background.
+  on the affordance part, on the rest of the object and on the background; and how well two class-agnostic maps
+  tell the object from the background (AUC over pixels): ``saliency_auc`` for the egocentric saliency that PartIoU
+  compares the clusters with (LOCATE's CLS heads or BiT-Align's fusion), ``objectness_auc`` for the log-sum-exp of
+  the egocentric class maps.
 
 The two tables are printed and written as JSON (default: ``part_diagnostics.json`` next to the checkpoint).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -37,7 +41,7 @@ from tqdm import tqdm
 
 from models.losses import weighted_pool
 
-__all__ = ["main", "map_placement", "prototype_selection"]
+__all__ = ["main", "map_placement", "object_auc", "prototype_selection"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,32 +121,68 @@ def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: boo
         progress: show a progress bar.
 
     Returns:
-        ``{"per_affordance": {name: {"count", "part", "object_rest", "background"}}, "overall": {...}}``.
+        ``{"per_affordance": {name: {"count", "part", "object_rest", "background", "saliency_auc",
+        "objectness_auc"}}, "overall": {...}}``.
     """
     device = next(model.parameters()).device
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch in tqdm(loader, desc="maps", disable=not progress):
         part, obj = batch["part_mask"].to(device).float(), batch["object_mask"].to(device).float()
-        maps = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=part.shape[-2:])["maps"]
-        mass = maps.float() / maps.float().sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        size = tuple(part.shape[-2:])
+        out = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=size)
+        maps = out["maps"].float()
+        mass = maps / maps.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
         rest = (obj - part).clamp_min(0)
         shares = {
             "part": (mass * part).sum(dim=(-2, -1)),
             "object_rest": (mass * rest).sum(dim=(-2, -1)),
             "background": (mass * (1 - obj)).sum(dim=(-2, -1)),
+            "saliency_auc": object_auc(_upsample(out["saliency"], size), obj),
+            "objectness_auc": object_auc(_upsample(torch.logsumexp(out["ego_pred"].float(), dim=1), size), obj),
         }
         for j, name in enumerate(batch["affordance"]):
             for k, v in shares.items():
-                rows[name][k].append(float(v[j]))
+                if not math.isnan(float(v[j])):
+                    rows[name][k].append(float(v[j]))
 
     def stats(lists: list[dict[str, list[float]]]) -> dict[str, Any]:
         d: dict[str, Any] = {"count": sum(len(x["part"]) for x in lists)}
-        for k in ("part", "object_rest", "background"):
+        for k in ("part", "object_rest", "background", "saliency_auc", "objectness_auc"):
             d[k] = _mean([v for x in lists for v in x[k]])
         return d
 
     return {"per_affordance": {n: stats([rows[n]]) for n in sorted(rows)}, "overall": stats(list(rows.values()))}
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) grid maps to (B, H, W), bilinearly, as the evaluation upsamples the predictions."""
+    return F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def object_auc(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per image, the AUC with which ``scores`` rank object pixels above background pixels (ties count half).
+
+    Args:
+        scores: (B, H, W) any real maps.
+        mask: (B, H, W) object masks in {0, 1}.
+
+    Returns:
+        (B,) float64 AUCs; NaN for an image whose mask is empty or full.
+    """
+    out = torch.full((scores.shape[0],), float("nan"), dtype=torch.float64)
+    for i in range(scores.shape[0]):
+        s, y = scores[i].flatten().double(), mask[i].flatten() > 0.5
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        values, inverse = torch.unique(s, return_inverse=True)  # sorted unique values
+        pos = torch.bincount(inverse[y], minlength=len(values)).double()
+        neg = torch.bincount(inverse[~y], minlength=len(values)).double()
+        below = torch.cumsum(neg, 0) - neg  # background pixels strictly below each value
+        out[i] = float((pos * (below + 0.5 * neg)).sum()) / (n_pos * n_neg)
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -166,13 +206,19 @@ def format_tables(report: dict[str, Any]) -> str:
         "(has: share with a prototype the loss uses; nearest: the chosen cluster is the closest to the true prototype;",
         " chosen / random / best: cosine with the true prototype of the chosen, an average and the closest cluster)",
         "",
-        "Where the label map's mass lies on the test images (shares sum to 1)",
-        f"{'affordance':<12}{'n':>5}{'part':>8}{'object':>8}{'backgr.':>9}",
+        "Where the label map's mass lies on the test images (shares sum to 1), and how well class-agnostic maps find "
+        "the object",
+        f"{'affordance':<12}{'n':>5}{'part':>8}{'object':>8}{'backgr.':>9}{'sal. AUC':>10}{'obj. AUC':>10}",
     ]
     for name, d in [*place["per_affordance"].items(), ("overall", place["overall"])]:
         lines.append(
             f"{name:<12}{d['count']:>5}   {_fmt(d['part'])}   {_fmt(d['object_rest'])}    {_fmt(d['background'])}"
+            f"     {_fmt(d['saliency_auc'])}     {_fmt(d['objectness_auc'])}"
         )
+    lines.append(
+        "(sal. / obj. AUC: object against background pixels, for the saliency PartIoU uses and for the log-sum-exp "
+        "of the class maps)"
+    )
     return "\n".join(lines)
 
 
