@@ -40,12 +40,11 @@ from models.losses import (
     classification_losses,
     concentration_loss,
     contrastive_loss,
-    fp32,
     prototype_loss,
     separation_loss,
     weighted_pool,
 )
-from models.parts import select_part_prototypes
+from models.parts import mask_prototypes, select_part_prototypes
 from models.text import TextEncoder, build_text_encoder, phrase_key
 from utils.maps import normalize_minmax
 
@@ -276,10 +275,7 @@ class Grounder(nn.Module):
                 "oracle_prototypes needs batch['ego_part_mask'] (the synthetic world's part masks, loaded by "
                 "AGD20KTrain(with_part_masks=True)); turn model.oracle_prototypes off for real data"
             )
-        h, w = ego_desc.shape[-2:]
-        weights = F.adaptive_avg_pool2d(mask.to(ego_desc.device).float().unsqueeze(1), (h, w)).squeeze(1)  # (b, h, w)
-        with fp32(ego_desc.device):
-            protos = F.normalize(weighted_pool(ego_desc.float(), weights), dim=-1)  # (b, D)
+        protos, weights = mask_prototypes(ego_desc, mask)  # (b, D), (b, h, w)
         parts.prototypes = protos
         parts.has_prototype = weights.sum(dim=(-2, -1)) > 0
         return parts

@@ -24,9 +24,17 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 
+from models.losses import weighted_pool
 from utils.maps import normalize_minmax
 
-__all__ = ["PartSelection", "batched_kmeans", "kmeans_init_keys", "part_iou_scores", "select_part_prototypes"]
+__all__ = [
+    "PartSelection",
+    "batched_kmeans",
+    "kmeans_init_keys",
+    "mask_prototypes",
+    "part_iou_scores",
+    "select_part_prototypes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +310,23 @@ def select_part_prototypes(
         best=best,
         centroids=centroids,
     )
+
+
+@torch.no_grad()
+def mask_prototypes(desc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The *true* part prototype of each image: its descriptors averaged inside a part mask, L2-normalised.
+
+    Only the synthetic world has part masks; this serves the ``oracle_prototypes`` diagnostic and
+    utils/part_diagnostics.py, never the method.
+
+    Args:
+        desc: (B, D, h, w) descriptors (in the space the prototypes are compared in).
+        mask: (B, H, W) part masks in [0, 1] at image resolution; area-averaged to the (h, w) grid.
+
+    Returns:
+        ``(prototypes (B, D) float32, weights (B, h, w))``; a row whose mask misses the grid is zero.
+    """
+    h, w = desc.shape[-2:]
+    weights = F.adaptive_avg_pool2d(mask.to(desc.device).float().unsqueeze(1), (h, w)).squeeze(1)
+    with torch.autocast(device_type=desc.device.type, enabled=False):
+        return F.normalize(weighted_pool(desc.float(), weights), dim=-1), weights

@@ -39,15 +39,25 @@ from einops import einsum
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.losses import weighted_pool
+from models.parts import mask_prototypes
 
 __all__ = ["main", "map_placement", "object_auc", "prototype_selection"]
 
 logger = logging.getLogger(__name__)
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _summarise(rows: dict[str, dict[str, list[float]]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Per affordance and over all of them, the mean of each key's values (None when it has none); ``count`` is
+    the number of values of the first key, which every sample records."""
+
+    def stats(groups: list[dict[str, list[float]]]) -> dict[str, Any]:
+        d: dict[str, Any] = {"count": sum(len(g[keys[0]]) for g in groups)}
+        for k in keys:
+            values = [v for g in groups for v in g[k]]
+            d[k] = sum(values) / len(values) if values else None
+        return d
+
+    return {"per_affordance": {n: stats([rows[n]]) for n in sorted(rows)}, "overall": stats(list(rows.values()))}
 
 
 @torch.no_grad()
@@ -76,9 +86,7 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
             out = model(batch, epoch=0)
             ego_desc = model.backbone(batch["ego"])["descriptors"]
             _, ego_desc = model._proto_space(ego_desc, ego_desc)  # eval mode: the running mean is not updated
-            h, w = ego_desc.shape[-2:]
-            part = F.adaptive_avg_pool2d(batch["ego_part_mask"].float().unsqueeze(1), (h, w)).squeeze(1)
-            true_proto = F.normalize(weighted_pool(ego_desc.float(), part), dim=-1)  # (b, D)
+            true_proto, part = mask_prototypes(ego_desc, batch["ego_part_mask"])  # (b, D), (b, h, w)
             centroids = out["part_centroids"].float()  # (b, K, D)
             valid = centroids.abs().sum(dim=(1, 2)) > 0
             cos = einsum(F.normalize(centroids, dim=-1), true_proto, "b k d, b d -> b k")  # (b, K)
@@ -96,18 +104,7 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
     finally:
         model.train(was_training)
     keys = ("has_prototype", "chosen_is_nearest", "chosen_cos", "random_cos", "best_cos")
-
-    def stats(lists: list[dict[str, list[float]]]) -> dict[str, Any]:
-        d: dict[str, Any] = {"count": sum(len(x["chosen_cos"]) for x in lists)}
-        for k in keys:
-            d[k] = _mean([v for x in lists for v in x[k]])
-        return d
-
-    return {
-        "num_parts": model.num_parts,
-        "per_affordance": {name: stats([rows[name]]) for name in sorted(rows)},
-        "overall": stats(list(rows.values())),
-    }
+    return {"num_parts": model.num_parts, **_summarise(rows, keys)}
 
 
 @torch.no_grad()
@@ -133,7 +130,6 @@ def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: boo
         out = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=size)
         maps = out["maps"].float()
         mass = maps / maps.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-
         rest = (obj - part).clamp_min(0)
         shares = {
             "part": (mass * part).sum(dim=(-2, -1)),
@@ -147,13 +143,7 @@ def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: boo
                 if not math.isnan(float(v[j])):
                     rows[name][k].append(float(v[j]))
 
-    def stats(lists: list[dict[str, list[float]]]) -> dict[str, Any]:
-        d: dict[str, Any] = {"count": sum(len(x["part"]) for x in lists)}
-        for k in ("part", "object_rest", "background", "saliency_auc", "objectness_auc"):
-            d[k] = _mean([v for x in lists for v in x[k]])
-        return d
-
-    return {"per_affordance": {n: stats([rows[n]]) for n in sorted(rows)}, "overall": stats(list(rows.values()))}
+    return _summarise(rows, ("part", "object_rest", "background", "saliency_auc", "objectness_auc"))
 
 
 def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
