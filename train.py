@@ -178,13 +178,15 @@ def train_split(
     # ================================================================================================ loss
     logger.info("==================== %s: loss ====================", split)
     logger.info(
-        "L = CE_ego + CE_exo + %g proto (from epoch %d, margin %g) + %g conc%s%s",
+        "L = CE_ego + CE_exo + %g proto (from epoch %d, margin %g) + %g conc%s%s%s; prototypes chosen by %s",
         cfg.loss.proto,
         cfg.loss.proto_warmup_epochs + 1,
         cfg.loss.proto_margin,
         cfg.loss.conc,
         f" + {cfg.loss.contra:g} contra" if cfg.model.text.encoder != "none" else "",
         f" + {cfg.loss.sep:g} sep" if cfg.loss.sep > 0 else "",
+        f" + {cfg.loss.border:g} border" if cfg.loss.border > 0 else "",
+        cfg.model.part_selection,
     )
 
     # =========================================================================================== optimizer

@@ -25,10 +25,12 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
 __all__ = [
+    "APPEARANCE_CHANNELS",
     "DESCRIPTORS",
     "ViTBackbone",
     "clean_vit_state_dict",
@@ -43,6 +45,39 @@ DESCRIPTORS = ("key", "token")
 _WRAPPER_KEYS = ("state_dict", "model", "teacher")
 # Prefixes left by DistributedDataParallel, DINO's MultiCropWrapper and torch.compile.
 _STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+#: Per-patch appearance statistics that ``appearance > 0`` appends to the descriptors (ours, the offline world).
+APPEARANCE_CHANNELS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "gradient")
+# Their mean and standard deviation over the synthetic world's Seen training images (ImageNet-normalised, patch 8),
+# measured once; they only bring the seven channels to a common, roughly unit scale.
+_APPEARANCE_MEAN = (0.23, 0.32, 0.42, 0.176, 0.174, 0.18, 0.142)
+_APPEARANCE_STD = (0.75, 0.68, 0.74, 0.235, 0.226, 0.243, 0.18)
+
+
+def patch_appearance(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Seven statistics of every patch's pixels: mean and standard deviation of each colour channel, and the mean
+    absolute horizontal plus vertical difference of neighbouring pixels (texture energy), standardised.
+
+    Unlike a linear patch embedding they do not depend on where a stripe or a dot falls inside the patch, so two
+    patches of the same material look alike.
+
+    Args:
+        x: (B, 3, H, W) ImageNet-normalised images, H and W multiples of ``patch``.
+        patch: the ViT's patch size.
+
+    Returns:
+        (B, 7, H / patch, W / patch) float32, channels in ``APPEARANCE_CHANNELS`` order.
+    """
+    x = x.float()
+    mean = F.avg_pool2d(x, patch)
+    std = (F.avg_pool2d(x * x, patch) - mean * mean).clamp_min(0).sqrt()
+    dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=1, keepdim=True), (0, 1))
+    dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=1, keepdim=True), (0, 0, 0, 1))
+    stats = torch.cat([mean, std, F.avg_pool2d(dx + dy, patch)], dim=1)  # (B, 7, h, w)
+    shift = torch.tensor(_APPEARANCE_MEAN, device=x.device).view(1, -1, 1, 1)
+    scale = torch.tensor(_APPEARANCE_STD, device=x.device).view(1, -1, 1, 1)
+    return (stats - shift) / scale
 
 
 # ------------------------------------------------------------------------------------------ weight files
@@ -220,11 +255,14 @@ class ViTBackbone(nn.Module):
         descriptor: str = "key",
         trainable: bool = False,
         img_size: int | None = None,
+        appearance: float = 0.0,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
+        if not appearance >= 0:
+            raise ValueError(f"appearance must be a weight >= 0 (0 turns it off), got {appearance!r}")
         weights = str(weights) if weights else None
         kwargs: dict[str, Any] = {"num_classes": 0, "dynamic_img_size": True, **timm_kwargs}
         if img_size is not None:
@@ -260,8 +298,12 @@ class ViTBackbone(nn.Module):
         self.num_heads: int = int(last.attn.num_heads)
         self.head_dim: int = int(last.attn.head_dim)
         self.num_prefix_tokens: int = int(self.vit.num_prefix_tokens)
-        # The descriptor width: num_heads * head_dim for keys (equal to embed_dim in every DINO ViT).
+        self.appearance = float(appearance)
+        # The descriptor width: num_heads * head_dim for keys (equal to embed_dim in every DINO ViT), plus the
+        # appearance channels when they are on.
         self.out_dim: int = self.num_heads * self.head_dim if descriptor == "key" else self.embed_dim
+        if self.appearance > 0:
+            self.out_dim += len(APPEARANCE_CHANNELS)
         self.default_grid: tuple[int, int] = tuple(int(g) for g in self.vit.patch_embed.grid_size)
         if not trainable:
             self.vit.requires_grad_(False)
@@ -292,7 +334,8 @@ class ViTBackbone(nn.Module):
 
         Returns:
             ``descriptors`` (B, D, h, w): last-block keys in timm's head-major channel order (channel = head * d_h
-            + d) or the final normed patch tokens; ``tokens`` (B, E, h, w): final normed patch tokens;
+            + d) or the final normed patch tokens, followed (``appearance > 0``) by the seven
+            :func:`patch_appearance` channels times ``appearance``; ``tokens`` (B, E, h, w): final normed patch tokens;
             ``cls_attn`` (B, heads, h, w): the CLS query's attention over the patches in the last block, softmax
             taken over all tokens (prefix tokens included) before the prefix columns are dropped.
         """
@@ -319,4 +362,7 @@ class ViTBackbone(nn.Module):
                 descriptors = rearrange(k[:, :, npt:], "b nh (h w) dh -> b (nh dh) h w", h=h, w=w)
             else:
                 descriptors = tokens
+            if self.appearance > 0:
+                stats = patch_appearance(x, self.patch_size) * self.appearance
+                descriptors = torch.cat([descriptors, stats.to(descriptors.dtype)], dim=1)
         return {"descriptors": descriptors, "tokens": tokens, "cls_attn": cls_attn}

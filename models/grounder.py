@@ -6,6 +6,9 @@ conv stack per view (``aff_exo_proj``/``aff_ego_proj``) feed a shared 1×1 class
 are class activation maps; their global average gives the logits. In every exocentric image, the patches the label's
 CAM lights up are clustered (k-means, K = 3); the cluster that overlaps the egocentric saliency most like an object
 part becomes the sample's *part prototype* (models/parts.py), and the egocentric label CAM is pulled towards it.
+Our options, off in the published recipe and on in the offline main job: the cluster chosen by how much more it is
+seen in its own class's egocentric images than in other classes' (``part_selection="contrast"``), and a boundary
+prior on the egocentric label map (``border_weight``).
 
 Ego saliency is LOCATE's (fixed CLS-attention heads, binarised at their mean, averaged) or BiT-Align's (an
 AttentionPool2d mask fused with the CLS head whose masked features agree best with the label's text). BiT-Align also
@@ -37,6 +40,7 @@ from torch import nn
 from models.backbone import ViTBackbone
 from models.heads import POOLINGS, AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
 from models.losses import (
+    border_loss,
     classification_losses,
     concentration_loss,
     contrastive_loss,
@@ -44,7 +48,7 @@ from models.losses import (
     separation_loss,
     weighted_pool,
 )
-from models.parts import mask_prototypes, select_part_prototypes
+from models.parts import ClassPatchBank, contrast_selection, mask_prototypes, select_part_prototypes
 from models.text import TextEncoder, build_text_encoder, phrase_key
 from utils.maps import normalize_minmax
 
@@ -56,6 +60,8 @@ __all__ = ["SALIENCY_MODES", "Grounder", "binarize_at_mean", "build_model"]
 logger = logging.getLogger(__name__)
 
 SALIENCY_MODES = ("locate", "bitalign")
+#: How each sample's part prototype is chosen among its k-means clusters (models/parts.py).
+PART_SELECTIONS = ("partiou", "contrast")
 
 
 #: The smallest rate at which a training batch's mean enters the running descriptor mean (``center_descriptors``).
@@ -98,6 +104,12 @@ class Grounder(nn.Module):
         center_descriptors: subtract the running mean of the descriptors (a buffer, ``desc_mean``) before the part
             prototypes and the prototype loss compare them by cosine (ours; off in the published recipe). The heads
             still see the raw descriptors.
+        part_selection: how a sample's prototype is chosen among its clusters: "partiou" (LOCATE) or "contrast"
+            (ours, :func:`models.parts.contrast_selection`: the cluster most visible in its own class's egocentric
+            images and least in any other class's, from a :class:`models.parts.ClassPatchBank` of recent images).
+        part_contrast: with "contrast", the weight of a cluster's presence in the other classes.
+        part_bank: with "contrast", the egocentric images kept per class.
+        border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
     """
 
     def __init__(
@@ -125,10 +137,19 @@ class Grounder(nn.Module):
         contra_temperature: float = 0.5,
         oracle_prototypes: bool = False,
         center_descriptors: bool = False,
+        part_selection: str = "partiou",
+        part_contrast: float = 0.5,
+        part_bank: int = 8,
+        border_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
             raise ValueError(f"Grounder: expected a non-empty list of class names, got {class_names!r}")
+        if part_selection not in PART_SELECTIONS or part_contrast < 0 or part_bank < 1:
+            raise ValueError(
+                f"Grounder: part_selection must be one of {PART_SELECTIONS}, part_contrast >= 0 and part_bank >= 1, "
+                f"got {part_selection!r}, {part_contrast} and {part_bank}"
+            )
         if pooling not in POOLINGS or not 0 < pool_top <= 1:
             raise ValueError(
                 f"Grounder: pooling must be one of {POOLINGS} and pool_top a fraction in (0, 1], got {pooling!r} and "
@@ -173,6 +194,11 @@ class Grounder(nn.Module):
         self.contra_temperature = contra_temperature
         self.oracle_prototypes = oracle_prototypes
         self.center_descriptors = center_descriptors
+        self.part_selection = part_selection
+        self.part_contrast = part_contrast
+        self.border_weight = border_weight
+        # Working memory of part_selection="contrast" (not saved in checkpoints; refills after a resume).
+        self.part_bank = ClassPatchBank(num_classes, part_bank) if part_selection == "contrast" else None
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
@@ -182,7 +208,9 @@ class Grounder(nn.Module):
         self.aff_fc = nn.Conv2d(dim, num_classes, kernel_size=1)
         self.text = text
         if text is not None:
-            self.attn_pool = AttentionPool2d(dim, backbone.num_heads, grid_size=backbone.default_grid)
+            # The ViT's head count, or its largest divisor that divides the width (appearance channels make it odd).
+            pool_heads = math.gcd(dim, backbone.num_heads)
+            self.attn_pool = AttentionPool2d(dim, pool_heads, grid_size=backbone.default_grid)
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
         else:
             self.attn_pool = None
@@ -355,6 +383,10 @@ class Grounder(nn.Module):
             seed=self.kmeans_seed,
         )
 
+        if self.part_bank is not None:
+            presence, known = self.part_bank.presence(F.normalize(parts.centroids, dim=-1))
+            parts = contrast_selection(parts, presence, known, label, weight=self.part_contrast)
+            self.part_bank.add(ego_proto_desc, label)
         if self.oracle_prototypes and self.training:
             parts = self._oracle_parts(parts, ego_proto_desc, batch)
 
@@ -368,6 +400,7 @@ class Grounder(nn.Module):
             proto = zero
         conc = concentration_loss(ego_pred)
         sep = separation_loss(ego_pred, ego_out["logits"]) if self.sep_weight > 0 else zero
+        border = border_loss(ego_pred, label) if self.border_weight > 0 else zero
         if self.text is not None and self.contra_weight > 0:
             contra = contrastive_loss(
                 ego_out["pool"].pooled, text_feats, label, self._scale(), temperature=self.contra_temperature
@@ -375,7 +408,7 @@ class Grounder(nn.Module):
         else:
             contra = zero
         total = ce_ego + ce_exo + self.proto_weight * proto + self.conc_weight * conc + self.contra_weight * contra
-        total = total + self.sep_weight * sep
+        total = total + self.sep_weight * sep + self.border_weight * border
         return {
             "aff_cam": aff_cam,
             "gt_aff_cam": gt_aff_cam,
@@ -400,6 +433,7 @@ class Grounder(nn.Module):
                 "proto": proto,
                 "conc": conc,
                 "sep": sep,
+                "border": border,
                 "contra": contra,
                 "total": total,
             },
@@ -555,6 +589,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         weights=bb.weights or None,
         descriptor=bb.descriptor,
         trainable=bb.trainable,
+        appearance=bb.appearance,
         img_size=img_size,
         **kwargs,
     )
@@ -590,6 +625,10 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         proto_margin=cfg.loss.proto_margin,
         oracle_prototypes=m.oracle_prototypes,
         center_descriptors=m.center_descriptors,
+        part_selection=m.part_selection,
+        part_contrast=m.part_contrast,
+        part_bank=m.part_bank,
+        border_weight=cfg.loss.border,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -8,6 +8,8 @@ L = CE_ego + mean_n CE_exo + λ_proto · L_proto + λ_conc · L_conc (+ λ_contr
 - :func:`concentration_loss` (SCOPS, Hung et al., CVPR 2019): every class map becomes a spatial distribution
   (min-max, + 1e-3, / sum) on coordinates in [−1, 1); its spatial variance is penalised.
 - :func:`contrastive_loss`: CE over logit_scale · cos(image feature, text feature of each class) / temperature.
+- :func:`border_loss` (ours, not in LOCATE): the boundary prior of saliency detection, for object-centred
+  egocentric images: the share of the label map's spatial distribution that lies on the outermost ring of patches.
 - :func:`separation_loss` (ours, not in LOCATE): the maps of the classes an egocentric image is predicted to afford
   should cover different places. LOCATE's maps for "hold" and "cut_with" on a knife come out nearly the same, because
   nothing in its losses tells them apart (SPEC §4); this term penalises their overlap.
@@ -27,6 +29,7 @@ from einops import einsum
 from utils.maps import normalize_minmax
 
 __all__ = [
+    "border_loss",
     "classification_losses",
     "concentration_loss",
     "contrastive_loss",
@@ -200,3 +203,32 @@ def separation_loss(maps: torch.Tensor, logits: torch.Tensor, eps: float = 1e-3)
         off = 1.0 - torch.eye(q.shape[1], device=q.device, dtype=q.dtype)
         pair = pair * off
         return (pair * overlap).sum() / pair.sum().clamp_min(1e-12)
+
+
+def border_loss(maps: torch.Tensor, labels: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Share of each label map's spatial distribution on the outermost ring of the patch grid (ours).
+
+    The boundary prior of saliency detection: an egocentric image shows one object, roughly centred, so the patches
+    along its border are mostly background. Each sample's label map becomes a distribution as in
+    :func:`concentration_loss` (min-max, + ``eps``, / sum) and the mass on the ring of patches that touch the image
+    border is averaged over the batch. Background patches inside the image look like those on the border, so the
+    class maps learn to stay low on background everywhere, which average pooling would otherwise reward for classes
+    whose objects are thin (GAP grows with the background a class's images have).
+
+    Args:
+        maps: (B, C, h, w) raw egocentric class maps, h and w at least 3.
+        labels: (B,) int64 class of each image.
+        eps: shift added after the min-max.
+
+    Returns:
+        0-d float32 tensor in [0, 1]; a uniform map scores the ring's share of the positions.
+    """
+    if maps.dim() != 4 or maps.shape[-1] < 3 or maps.shape[-2] < 3:
+        raise ValueError(f"border_loss: expected maps (B, C, h, w) with h, w >= 3, got {tuple(maps.shape)}")
+    with fp32(maps.device):
+        b, _, h, w = maps.shape
+        index = labels.view(b, 1, 1, 1).expand(b, 1, h, w)
+        p = _spatial_distribution(maps.float().gather(1, index), eps)  # (B, 1, h, w)
+        ring = torch.ones(h, w, device=maps.device)
+        ring[1:-1, 1:-1] = 0
+        return (p * ring).sum(dim=(-3, -2, -1)).mean()

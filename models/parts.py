@@ -28,8 +28,10 @@ from models.losses import weighted_pool
 from utils.maps import normalize_minmax
 
 __all__ = [
+    "ClassPatchBank",
     "PartSelection",
     "batched_kmeans",
+    "contrast_selection",
     "kmeans_init_keys",
     "mask_prototypes",
     "part_iou_scores",
@@ -330,3 +332,119 @@ def mask_prototypes(desc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     weights = F.adaptive_avg_pool2d(mask.to(desc.device).float().unsqueeze(1), (h, w)).squeeze(1)
     with torch.autocast(device_type=desc.device.type, enabled=False):
         return F.normalize(weighted_pool(desc.float(), weights), dim=-1), weights
+
+
+class ClassPatchBank:
+    """The patch descriptors of the last ``size`` egocentric images of every class, for :func:`contrast_selection`.
+
+    Descriptors are stored detached and L2-normalised per patch, as (D, h·w) tensors on the device they came from.
+    The bank is working memory of the training loop, not a parameter: it is not saved in checkpoints and refills in
+    the first steps after a resume (until a class has an image, its samples keep the PartIoU choice).
+
+    Args:
+        num_classes: C.
+        size: images kept per class (the oldest is dropped first).
+    """
+
+    def __init__(self, num_classes: int, size: int) -> None:
+        if num_classes < 1 or size < 1:
+            raise ValueError(f"ClassPatchBank: expected num_classes >= 1 and size >= 1, got {num_classes}, {size}")
+        self.num_classes = num_classes
+        self.size = size
+        self.items: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.items)
+
+    def clear(self) -> None:
+        self.items = [[] for _ in range(self.num_classes)]
+
+    @torch.no_grad()
+    def add(self, desc: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store every image of a batch: ``desc`` (B, D, h, w), ``labels`` (B,) int64."""
+        flat = F.normalize(desc.detach().float().flatten(2), dim=1)  # (B, D, hw)
+        for j, c in enumerate(labels.tolist()):
+            bank = self.items[int(c)]
+            bank.append(flat[j])
+            if len(bank) > self.size:
+                bank.pop(0)
+
+    @torch.no_grad()
+    def presence(self, protos: torch.Tensor, topk: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """How visible each candidate is in each class's stored images.
+
+        Args:
+            protos: (B, K, D) L2-normalised candidate prototypes.
+            topk: the presence of a candidate in one image is the mean of its ``topk`` highest patch cosines.
+
+        Returns:
+            ``(presence, known)``: (B, C, K) float32, a candidate's presence averaged over the class's images (0 for
+            classes without images), and (C,) bool, the classes that have images.
+        """
+        b, k, _ = protos.shape
+        out = protos.new_zeros(b, self.num_classes, k, dtype=torch.float32)
+        known = torch.zeros(self.num_classes, dtype=torch.bool, device=protos.device)
+        for c, stored in enumerate(self.items):
+            if not stored:
+                continue
+            shapes = {t.shape for t in stored}
+            groups = [torch.stack(stored)] if len(shapes) == 1 else [t.unsqueeze(0) for t in stored]
+            per_image = []
+            for g in groups:  # (m, D, hw)
+                cos = einsum(protos.float(), g.to(protos.device), "b k d, m d n -> b m k n")
+                per_image.append(cos.topk(min(topk, cos.shape[-1]), dim=-1).values.mean(dim=-1))  # (b, m, K)
+            out[:, c] = torch.cat(per_image, dim=1).mean(dim=1)
+            known[c] = True
+        return out, known
+
+
+@torch.no_grad()
+def contrast_selection(
+    parts: PartSelection, presence: torch.Tensor, known: torch.Tensor, labels: torch.Tensor, weight: float = 0.5
+) -> PartSelection:
+    """Choose each sample's part by how much more visible it is in its own class than in any other class (ours).
+
+    PartIoU keeps the cluster that overlaps the egocentric saliency most, which is the whole object, or the
+    background, as often as the part. This rule scores cluster k of a sample of class a by
+
+        presence_a(k) − weight · max_{c ≠ a} presence_c(k),
+
+    with presence from :meth:`ClassPatchBank.presence`: the background is present in every class's images and the
+    food of "cut_with" or the person in none, so both score about 0 or below, while the blade, found on the objects
+    of "cut_with" and on few others, scores high. A sample gets a prototype when its best score is above 0.
+
+    Args:
+        parts: the PartIoU selection (its ``centroids`` are the candidates).
+        presence: (B, C, K) from :meth:`ClassPatchBank.presence` of the normalised centroids.
+        known: (C,) bool, the classes the bank has images of.
+        labels: (B,) int64 class of each sample.
+        weight: how much a candidate's presence in the other classes counts against it.
+
+    Returns:
+        A new :class:`PartSelection`: ``best``, ``has_prototype``, ``prototypes`` and (for the samples it chose)
+        ``part_scores`` come from this rule; samples whose class the bank has no image of, or that have no
+        clusters, keep PartIoU's.
+    """
+    b, c, _ = presence.shape
+    rows = torch.arange(b, device=presence.device)
+    own = presence[rows, labels]  # (B, K)
+    is_other = known.view(1, c).expand(b, c).clone()
+    is_other[rows, labels] = False
+    others = presence.masked_fill(~is_other.unsqueeze(-1), float("-inf")).max(dim=1).values  # (B, K)
+    others = torch.where(torch.isfinite(others), others, torch.zeros_like(others))
+    score = own - weight * others
+    valid = parts.centroids.abs().sum(dim=(1, 2)) > 0
+    usable = valid & known[labels]
+    top, choice = score.max(dim=1)
+    best = torch.where(usable, choice, parts.best)
+    has = torch.where(usable, top > 0, parts.has_prototype)
+    protos = F.normalize(parts.centroids, dim=-1)
+    chosen = protos[rows, best]
+    return PartSelection(
+        prototypes=torch.where(has.unsqueeze(1), chosen, chosen.new_zeros(())),
+        has_prototype=has,
+        part_scores=torch.where(usable.unsqueeze(1), score, parts.part_scores),
+        part_sim=parts.part_sim,
+        best=best,
+        centroids=parts.centroids,
+    )

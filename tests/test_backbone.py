@@ -7,7 +7,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import save_file
 
-from models.backbone import ViTBackbone, read_state_dict
+from models.backbone import _APPEARANCE_MEAN, _APPEARANCE_STD, ViTBackbone, patch_appearance, read_state_dict
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 TINY_REG = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2}  # DINOv2 + 4 registers
@@ -196,3 +196,42 @@ def test_loads_official_dinov2_layout_with_registers(tmp_path):
     x = torch.randn(1, 3, 28, 28)
     torch.testing.assert_close(dst(x)["cls_attn"], src(x)["cls_attn"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(dst.vit.cls_token, src.vit.cls_token)
+
+
+def _raw(stats: torch.Tensor) -> torch.Tensor:
+    """Undo patch_appearance's standardisation: (B, 7, h, w) -> the plain statistics."""
+    mean = torch.tensor(_APPEARANCE_MEAN).view(1, -1, 1, 1)
+    std = torch.tensor(_APPEARANCE_STD).view(1, -1, 1, 1)
+    return stats * std + mean
+
+
+def test_patch_appearance_hand_values_and_independence_of_where_the_pattern_falls():
+    x = torch.zeros(1, 3, 8, 16)
+    x[0, 0, :, :8] = 0.5  # left patch: flat colour (0.5, 0, 0)
+    stripes = (torch.arange(8) % 2).float()  # right patch: vertical stripes 0/1 in every channel
+    x[0, :, :, 8:] = stripes.view(1, 1, 8)
+    raw = _raw(patch_appearance(x, 8))[0]  # (7, 1, 2)
+    torch.testing.assert_close(raw[:3, 0, 0], torch.tensor([0.5, 0.0, 0.0]))
+    torch.testing.assert_close(raw[3:6, 0, 0], torch.zeros(3), atol=1e-6, rtol=0)  # no spread
+    # No texture inside; only its last column's difference looks across the border (0.5 in one channel of three).
+    torch.testing.assert_close(raw[6, 0, 0], torch.tensor(8 * (0.5 / 3) / 64))
+    torch.testing.assert_close(raw[:6, 0, 1], torch.full((6,), 0.5))  # mean 0.5, std 0.5 per channel
+    # Texture: 7 of the 8 horizontal neighbour pairs differ by 1 (the 8th is padding), vertical ones never.
+    torch.testing.assert_close(raw[6, 0, 1], torch.tensor(7 / 8))
+    # The same stripes shifted by one pixel: a linear patch embedding changes, these statistics do not.
+    shifted = x.clone()
+    shifted[0, :, :, 8:] = 1 - stripes.view(1, 1, 8)
+    torch.testing.assert_close(_raw(patch_appearance(shifted, 8))[0, :6, 0, 1], raw[:6, 0, 1])
+
+
+def test_appearance_channels_follow_the_descriptors_times_their_weight():
+    plain, mixed = tiny("token"), tiny("token", appearance=3.0)
+    assert (plain.out_dim, mixed.out_dim) == (32, 39)
+    x = torch.randn(2, 3, 32, 32)
+    a, b = plain(x)["descriptors"], mixed(x)["descriptors"]
+    assert b.shape == (2, 39, 4, 4)
+    torch.testing.assert_close(b[:, :32], a)
+    torch.testing.assert_close(b[:, 32:], 3.0 * patch_appearance(x, 8))
+    assert mixed(x)["tokens"].shape[1] == 32  # the tokens stay the ViT's own
+    with pytest.raises(ValueError, match="appearance must be a weight >= 0"):
+        tiny(appearance=-1.0)

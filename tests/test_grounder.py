@@ -66,7 +66,7 @@ def test_forward_outputs_match_the_interface():
         assert tuple(out[key].shape) == shape, key
     assert out["attnpool_mask"] is None
     assert out["selected_head"].tolist() == [-1, -1]
-    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "total"}
+    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "total"}
     assert out["losses"]["sep"].item() == 0.0  # off in the published recipe
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out["losses"].values())
     assert out["gt_ego_cam"].min() >= 0 and out["gt_ego_cam"].max() <= 1
@@ -332,3 +332,46 @@ def test_centred_descriptors_feed_the_prototypes_and_their_loss():
     torch.testing.assert_close(model.desc_mean, before)
     # off (the default), there is no buffer: checkpoints of models without it keep loading
     assert not any(k.startswith("desc_mean") for k in make().state_dict())
+
+
+def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the_total():
+    cfg = config_from_dict(
+        {
+            "data": {"image_size": 32},
+            "model": {
+                "backbone": {
+                    "name": "vit_small_patch16_224",
+                    "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+                    "appearance": 2.0,
+                },
+                "cls_heads": [0, 1],
+                "part_selection": "contrast",
+                "part_contrast": 0.25,
+                "part_bank": 2,
+            },
+            "loss": {"border": 1.5, "proto_warmup_epochs": 3},
+        }
+    )
+    model = build_model(cfg, NAMES)
+    assert model.backbone.out_dim == 32 + 7 and model.aff_fc.in_channels == 39
+    assert (model.part_selection, model.part_contrast, model.border_weight) == ("contrast", 0.25, 1.5)
+    assert model.part_bank is not None and model.part_bank.size == 2
+    model.train()
+    out = model(batch(b=4), epoch=0)
+    assert len(model.part_bank) == 4 and [len(v) for v in model.part_bank.items] == [2, 1, 1]
+    losses = out["losses"]
+    assert 0 < losses["border"].item() < 1
+    expected = losses["ce_ego"] + losses["ce_exo"] + 0.07 * losses["conc"] + 1.5 * losses["border"]
+    torch.testing.assert_close(losses["total"], expected)
+    # A second step chooses with the bank: samples of classes it has images of get the contrast rule's scores.
+    out = model(batch(b=4), epoch=0)
+    assert [len(v) for v in model.part_bank.items] == [2, 2, 2]  # two per class at most: the newest stay
+    assert torch.isfinite(out["part_scores"]).all()
+
+
+def test_grounder_rejects_an_unknown_part_selection():
+    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
+    with pytest.raises(ValueError, match="part_selection"):
+        Grounder(NAMES, backbone, None, cls_heads=[0, 1], part_selection="nearest")
+    with pytest.raises(ValueError, match="part_bank"):
+        Grounder(NAMES, backbone, None, cls_heads=[0, 1], part_selection="contrast", part_bank=0)

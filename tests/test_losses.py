@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models.losses import (
+    border_loss,
     classification_losses,
     concentration_loss,
     contrastive_loss,
@@ -144,3 +145,24 @@ def test_separation_loss_moves_maps_not_the_classifier():
     loss.backward()
     assert maps.grad is not None and torch.isfinite(maps.grad).all() and maps.grad.abs().sum() > 0
     assert logits.grad is None
+
+
+def test_border_loss_is_the_label_maps_share_on_the_outer_ring():
+    maps = torch.zeros(3, 2, 5, 5)
+    maps[0, 1, 2, 2] = 1.0  # label 1: all on the centre -> only the eps floor lies on the ring
+    maps[1, 0, 0, :] = 1.0  # label 0: the top row, part of the ring
+    maps[2, 1] = 1.0  # label 1: flat -> uniform -> the ring's share of the positions, 16/25
+    maps[0, 0] = torch.rand(5, 5)  # other classes' maps do not count
+    labels = torch.tensor([1, 0, 1])
+    eps = 1e-3
+    centre = 16 * eps / (1 + 25 * eps)
+    top_row = (5 * (1 + eps) + 11 * eps) / (5 + 25 * eps)
+    expected = (centre + top_row + 16 / 25) / 3
+    assert border_loss(maps, labels).item() == pytest.approx(expected, rel=1e-5)
+    # A map moved off the ring scores lower, and the loss has a gradient.
+    moved = maps.clone().requires_grad_(True)
+    loss = border_loss(moved, labels)
+    loss.backward()
+    assert moved.grad is not None and moved.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="h, w >= 3"):
+        border_loss(torch.zeros(1, 1, 2, 5), torch.tensor([0]))

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.parts import PartSelection, batched_kmeans, kmeans_init_keys, part_iou_scores, select_part_prototypes
+from models.parts import (
+    ClassPatchBank,
+    PartSelection,
+    batched_kmeans,
+    contrast_selection,
+    kmeans_init_keys,
+    part_iou_scores,
+    select_part_prototypes,
+)
 
 
 def reference_kmeans(
@@ -307,3 +315,79 @@ def test_select_part_prototypes_shape_errors():
         select_part_prototypes(exo_desc, exo_cam[:, :1], ego_desc, ego_sal)
     with pytest.raises(ValueError, match="expected ego_saliency"):
         select_part_prototypes(exo_desc, exo_cam, ego_desc, ego_sal[:, :2])
+
+
+def _one_hot_images(patches: list[list[int]], dim: int = 4) -> torch.Tensor:
+    """Egocentric descriptors (B, dim, 1, n) whose patch j is the unit vector e_{patches[b][j]}."""
+    return torch.stack([F.one_hot(torch.tensor(p), dim).float().T.unsqueeze(1) for p in patches])
+
+
+def test_class_patch_bank_keeps_the_newest_images_and_measures_presence():
+    bank = ClassPatchBank(num_classes=3, size=2)
+    bank.add(_one_hot_images([[0, 1], [0, 2], [0, 3]]), torch.tensor([0, 0, 0]))
+    assert [len(v) for v in bank.items] == [2, 0, 0]  # the oldest image (with e1) was dropped
+    bank.add(_one_hot_images([[0, 0]]), torch.tensor([1]))
+    protos = torch.eye(4)[:3].unsqueeze(0)  # (1, K=3, D=4): e0, e1, e2
+    presence, known = bank.presence(protos, topk=1)
+    assert known.tolist() == [True, True, False]
+    # class 0 holds [e0, e2] and [e0, e3]: e0 is in both, e1 in none, e2 in one of two
+    torch.testing.assert_close(presence[0, 0], torch.tensor([1.0, 0.0, 0.5]))
+    torch.testing.assert_close(presence[0, 1], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(presence[0, 2], torch.zeros(3))
+    bank.clear()
+    assert len(bank) == 0
+    with pytest.raises(ValueError, match="size >= 1"):
+        ClassPatchBank(3, 0)
+
+
+def _selection(centroids: torch.Tensor, best: list[int], has: list[bool]) -> PartSelection:
+    b, k, _ = centroids.shape
+    return PartSelection(
+        prototypes=torch.zeros(b, centroids.shape[-1]),
+        has_prototype=torch.tensor(has),
+        part_scores=torch.full((b, k), 0.7),
+        part_sim=torch.zeros(b, k, 1, 2),
+        best=torch.tensor(best),
+        centroids=centroids,
+    )
+
+
+def test_contrast_selection_prefers_what_only_the_own_class_shows_over_the_background():
+    # e0 is "background" (in every class's images), e1 is class 0's part, e2 is in nobody's images ("the person").
+    bank = ClassPatchBank(num_classes=3, size=4)
+    bank.add(_one_hot_images([[0, 1], [0, 1], [0, 3], [0, 3], [0, 3]]), torch.tensor([0, 0, 1, 1, 2]))
+    centroids = torch.eye(4)[:3].unsqueeze(0).repeat(3, 1, 1) * 2.0  # raw (unnormalised) centroids e0, e1, e2
+    centroids[2] = 0  # the third sample has no clusters
+    parts = _selection(centroids, best=[0, 0, 0], has=[True, True, False])
+    presence, known = bank.presence(F.normalize(centroids, dim=-1), topk=1)
+    out = contrast_selection(parts, presence, known, torch.tensor([0, 1, 0]), weight=0.5)
+    # Sample 0 (class 0): background 1 - 0.5 * 1 = 0.5, part 1 - 0.5 * 0 = 1, person 0 -> the part.
+    # Presence alone would tie background and part; PartIoU had picked the background.
+    assert out.best.tolist()[0] == 1 and bool(out.has_prototype[0])
+    torch.testing.assert_close(out.part_scores[0], torch.tensor([0.5, 1.0, 0.0]))
+    torch.testing.assert_close(out.prototypes[0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    # Sample 1 (class 1 sees only the background): background 0.5, class 0's part 0 - 0.5 = -0.5 -> background.
+    assert out.best.tolist()[1] == 0
+    # Sample 2 has no clusters: PartIoU's choice and scores are kept, and it has no prototype.
+    assert out.best.tolist()[2] == 0 and not bool(out.has_prototype[2])
+    torch.testing.assert_close(out.part_scores[2], torch.full((3,), 0.7))
+    assert (out.prototypes[2] == 0).all()
+
+
+def test_contrast_selection_keeps_partiou_for_classes_the_bank_has_not_seen_and_needs_a_positive_score():
+    bank = ClassPatchBank(num_classes=2, size=4)
+    bank.add(_one_hot_images([[0, 0]]), torch.tensor([0]))  # class 0: only background
+    centroids = torch.eye(4)[:2].unsqueeze(0).repeat(2, 1, 1)
+    parts = _selection(centroids, best=[1, 1], has=[True, True])
+    presence, known = bank.presence(centroids, topk=1)
+    out = contrast_selection(parts, presence, known, torch.tensor([0, 1]), weight=1.0)
+    # Class 0, no other class known: background scores 1, kept with a prototype.
+    assert out.best.tolist()[0] == 0 and bool(out.has_prototype[0])
+    # Class 1 has no images in the bank: PartIoU's choice stands.
+    assert out.best.tolist()[1] == 1 and bool(out.has_prototype[1])
+    torch.testing.assert_close(out.prototypes[1], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    # With weight 1 and class 1 seeing the same background, the best score is 0: no prototype.
+    bank.add(_one_hot_images([[0, 0]]), torch.tensor([1]))
+    presence, known = bank.presence(centroids, topk=1)
+    out = contrast_selection(parts, presence, known, torch.tensor([0, 1]), weight=1.0)
+    assert not bool(out.has_prototype[0]) and (out.prototypes[0] == 0).all()

@@ -121,6 +121,12 @@ class BackboneConfig:
         "Train the backbone too. The published design keeps it frozen; only the offline synthetic world, where no "
         "pretrained weights exist, turns this on.",
     )
+    appearance: float = _f(
+        0.0,
+        "Weight of seven per-patch appearance statistics (mean and standard deviation of each colour, texture energy) "
+        "appended to the descriptors (ours, for the offline world's random ViT, whose tokens keep too little of a "
+        "patch's look; README, 'The offline proof'). 0 keeps the published descriptors.",
+    )
     kwargs: dict[str, Any] = _f(
         {},
         "Extra keyword arguments for timm.create_model (e.g. {patch_size: 8, embed_dim: 192, depth: 4}) to build a "
@@ -174,6 +180,17 @@ class ModelConfig:
         "by cosine (ours; off in the published recipe). A random ViT's descriptors share a large common component, "
         "so raw cosines barely tell a part from the background.",
     )
+    part_selection: str = _f(
+        "partiou",
+        "How each sample's part prototype is chosen among its k-means clusters: 'partiou' (LOCATE: the cluster that "
+        "overlaps the egocentric saliency most) or 'contrast' (ours: the cluster most visible in recent egocentric "
+        "images of its own class and least in those of any other class).",
+        ("partiou", "contrast"),
+    )
+    part_contrast: float = _f(
+        0.5, "With part_selection=contrast: how much a cluster's presence in the other classes counts against it."
+    )
+    part_bank: int = _f(8, "With part_selection=contrast: egocentric images remembered per class.")
     oracle_prototypes: bool = _f(
         False,
         "Diagnostic, not the method: train with part prototypes taken from the true affordance-part masks of the "
@@ -191,6 +208,11 @@ class LossConfig:
         "image is predicted to have must not overlap. 0 keeps the published recipe.",
     )
     contra: float = _f(1.0, "Weight of the image-text contrastive loss (used only with a text encoder).")
+    border: float = _f(
+        0.0,
+        "Weight of the border loss (ours, not in LOCATE): the share of the egocentric label map on the outermost ring "
+        "of patches, a boundary prior for object-centred images. 0 keeps the published recipe.",
+    )
     proto_warmup_epochs: int = _f(1, "Epochs before the prototype loss starts (LOCATE: it starts at the second).")
     proto_margin: float = _f(
         0.5,
@@ -562,7 +584,10 @@ def validate(cfg: Config) -> None:
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a value in (0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
     _check(cfg.loss.proto_margin < 1, "loss.proto_margin", cfg.loss.proto_margin, "a margin below 1")
-    for key in ("proto", "conc", "contra", "sep"):
+    _check(m.backbone.appearance >= 0, "model.backbone.appearance", m.backbone.appearance, "a weight >= 0")
+    _check(m.part_contrast >= 0, "model.part_contrast", m.part_contrast, "a weight >= 0")
+    _check(m.part_bank >= 1, "model.part_bank", m.part_bank, "a positive integer")
+    for key in ("proto", "conc", "contra", "sep", "border"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
     _check(0 < m.pool_top <= 1, "model.pool_top", m.pool_top, "a fraction in (0, 1]")
     for key in ("aff_cam_thd", "part_iou_thd"):

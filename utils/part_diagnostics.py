@@ -66,6 +66,7 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
 
     Args:
         model: a :class:`models.grounder.Grounder` (run in eval mode: batch norm and the descriptor mean are frozen).
+            With ``part_selection='contrast'`` and an empty bank, the first batch only fills the bank.
         loader: training batches with ``ego_part_mask`` (``AGD20KTrain(with_part_masks=True)``).
         max_batches: stop after this many batches.
         progress: show a progress bar.
@@ -83,6 +84,12 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
             if i >= max_batches:
                 break
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            bank = getattr(model, "part_bank", None)
+            if bank is not None and len(bank) == 0:
+                # part_selection="contrast" chooses with a bank of recent egocentric images, which a checkpoint does
+                # not store: the first batch only fills it (unmeasured, so no sample is scored against itself).
+                model(batch, epoch=0)
+                continue
             out = model(batch, epoch=0)
             ego_desc = model.backbone(batch["ego"])["descriptors"]
             _, ego_desc = model._proto_space(ego_desc, ego_desc)  # eval mode: the running mean is not updated
