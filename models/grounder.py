@@ -40,6 +40,7 @@ from torch import nn
 from models.backbone import ViTBackbone
 from models.heads import POOLINGS, AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
 from models.losses import (
+    background_loss,
     border_loss,
     classification_losses,
     concentration_loss,
@@ -110,6 +111,9 @@ class Grounder(nn.Module):
         part_contrast: with "contrast", the weight of a cluster's presence in the other classes.
         part_bank: with "contrast", the egocentric images kept per class.
         border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
+        background_weight: λ of the background loss (ours, :func:`models.losses.background_loss`; 0 in the published
+            recipe).
+        proj_kernel: kernel size of the convolutions of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3).
     """
 
     def __init__(
@@ -141,6 +145,8 @@ class Grounder(nn.Module):
         part_contrast: float = 0.5,
         part_bank: int = 8,
         border_weight: float = 0.0,
+        background_weight: float = 0.0,
+        proj_kernel: int = 3,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -197,14 +203,15 @@ class Grounder(nn.Module):
         self.part_selection = part_selection
         self.part_contrast = part_contrast
         self.border_weight = border_weight
+        self.background_weight = background_weight
         # Working memory of part_selection="contrast" (not saved in checkpoints; refills after a resume).
         self.part_bank = ClassPatchBank(num_classes, part_bank) if part_selection == "contrast" else None
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
         self.aff_proj = AffordanceAdapter(dim, hidden_ratio=adapter_ratio)
-        self.aff_exo_proj = conv_bn_relu(dim)
-        self.aff_ego_proj = conv_bn_relu(dim)
+        self.aff_exo_proj = conv_bn_relu(dim, kernel_size=proj_kernel)
+        self.aff_ego_proj = conv_bn_relu(dim, kernel_size=proj_kernel)
         self.aff_fc = nn.Conv2d(dim, num_classes, kernel_size=1)
         self.text = text
         if text is not None:
@@ -401,6 +408,7 @@ class Grounder(nn.Module):
         conc = concentration_loss(ego_pred)
         sep = separation_loss(ego_pred, ego_out["logits"]) if self.sep_weight > 0 else zero
         border = border_loss(ego_pred, label) if self.border_weight > 0 else zero
+        background = background_loss(ego_pred) if self.background_weight > 0 else zero
         if self.text is not None and self.contra_weight > 0:
             contra = contrastive_loss(
                 ego_out["pool"].pooled, text_feats, label, self._scale(), temperature=self.contra_temperature
@@ -408,7 +416,7 @@ class Grounder(nn.Module):
         else:
             contra = zero
         total = ce_ego + ce_exo + self.proto_weight * proto + self.conc_weight * conc + self.contra_weight * contra
-        total = total + self.sep_weight * sep + self.border_weight * border
+        total = total + self.sep_weight * sep + self.border_weight * border + self.background_weight * background
         return {
             "aff_cam": aff_cam,
             "gt_aff_cam": gt_aff_cam,
@@ -434,6 +442,7 @@ class Grounder(nn.Module):
                 "conc": conc,
                 "sep": sep,
                 "border": border,
+                "background": background,
                 "contra": contra,
                 "total": total,
             },
@@ -629,6 +638,8 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         part_contrast=m.part_contrast,
         part_bank=m.part_bank,
         border_weight=cfg.loss.border,
+        background_weight=cfg.loss.background,
+        proj_kernel=m.proj_kernel,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

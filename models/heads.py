@@ -56,11 +56,18 @@ class AffordanceAdapter(nn.Module):
         return rearrange(self(tokens), "b (h w) d -> b d h w", h=h, w=w)
 
 
-def conv_bn_relu(dim: int, num_layers: int = 2) -> nn.Sequential:
-    """LOCATE's ``aff_exo_proj``/``aff_ego_proj``: ``num_layers`` × [3×3 conv (padding 1), BatchNorm, ReLU], D → D."""
+def conv_bn_relu(dim: int, num_layers: int = 2, kernel_size: int = 3) -> nn.Sequential:
+    """LOCATE's ``aff_exo_proj``/``aff_ego_proj``: ``num_layers`` × [k×k conv ('same' padding), BatchNorm, ReLU], D → D.
+
+    LOCATE uses k = 3. k = 1 (ours, an option) makes each patch's class scores depend on that patch's descriptor only,
+    so a part is scored by its own look and not by the object shape around it.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"conv_bn_relu: kernel_size must be a positive odd number, got {kernel_size}")
     layers: list[nn.Module] = []
     for _ in range(num_layers):
-        layers += [nn.Conv2d(dim, dim, kernel_size=3, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
+        conv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2)
+        layers += [conv, nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

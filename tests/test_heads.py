@@ -43,6 +43,22 @@ def test_conv_bn_relu_matches_locate_layout():
     assert out.shape == (2, 8, 5, 6) and bool((out >= 0).all())
 
 
+def test_conv_bn_relu_kernel_one_scores_each_patch_by_its_own_descriptor():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 5, 6)
+    y = x.clone()
+    y[..., 2, 3] += 1.0  # change one patch
+    for k, reach in ((1, 0), (3, 2)):  # two stacked k x k convs see (k // 2) * 2 patches away
+        stack = conv_bn_relu(8, kernel_size=k).eval()
+        assert stack[0].kernel_size == (k, k)
+        changed = (stack(x) - stack(y)).abs().sum(dim=1)[0] > 1e-6  # (5, 6)
+        rows, cols = torch.nonzero(changed, as_tuple=True)
+        assert changed[2, 3]
+        assert int((rows - 2).abs().max()) == reach and int((cols - 3).abs().max()) == reach
+    with pytest.raises(ValueError, match="positive odd number"):
+        conv_bn_relu(8, kernel_size=2)
+
+
 def test_class_logits_is_global_average():
     cam = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, -4.0]]]])  # (1, 2, 2, 2)
     torch.testing.assert_close(class_logits(cam), torch.tensor([[3.0, -1.0]]))

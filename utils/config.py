@@ -173,6 +173,12 @@ class ModelConfig:
     )
     pool_top: float = _f(0.2, "The fraction of positions that pooling=topk averages, in (0, 1].")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
+    proj_kernel: int = _f(
+        3,
+        "Kernel size of the convolutions in aff_exo_proj and aff_ego_proj (LOCATE: 3). 1 (ours) scores each patch by "
+        "its own descriptor only, so a part is recognised by its look and not by the object shape around it.",
+        (1, 3, 5),
+    )
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
     center_descriptors: bool = _f(
         False,
@@ -212,6 +218,12 @@ class LossConfig:
         0.0,
         "Weight of the border loss (ours, not in LOCATE): the share of the egocentric label map on the outermost ring "
         "of patches, a boundary prior for object-centred images. 0 keeps the published recipe.",
+    )
+    background: float = _f(
+        0.0,
+        "Weight of the background loss (ours, not in LOCATE): the class scores of each egocentric patch on the "
+        "outermost ring must not tell the classes apart (KL from uniform), so that average pooling cannot recognise "
+        "a class by how much background its images have. 0 keeps the published recipe.",
     )
     proto_warmup_epochs: int = _f(1, "Epochs before the prototype loss starts (LOCATE: it starts at the second).")
     proto_margin: float = _f(
@@ -587,7 +599,7 @@ def validate(cfg: Config) -> None:
     _check(m.backbone.appearance >= 0, "model.backbone.appearance", m.backbone.appearance, "a weight >= 0")
     _check(m.part_contrast >= 0, "model.part_contrast", m.part_contrast, "a weight >= 0")
     _check(m.part_bank >= 1, "model.part_bank", m.part_bank, "a positive integer")
-    for key in ("proto", "conc", "contra", "sep", "border"):
+    for key in ("proto", "conc", "contra", "sep", "border", "background"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
     _check(0 < m.pool_top <= 1, "model.pool_top", m.pool_top, "a fraction in (0, 1]")
     for key in ("aff_cam_thd", "part_iou_thd"):
