@@ -113,7 +113,7 @@ class Grounder(nn.Module):
         border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
         background_weight: λ of the background loss (ours, :func:`models.losses.background_loss`; 0 in the published
             recipe).
-        proj_kernel: kernel size of the convolutions of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3).
+        proj_kernels: kernel size of each convolution of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3, 3).
     """
 
     def __init__(
@@ -146,7 +146,7 @@ class Grounder(nn.Module):
         part_bank: int = 8,
         border_weight: float = 0.0,
         background_weight: float = 0.0,
-        proj_kernel: int = 3,
+        proj_kernels: tuple[int, ...] | list[int] = (3, 3),
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -210,8 +210,8 @@ class Grounder(nn.Module):
 
         self.backbone = backbone
         self.aff_proj = AffordanceAdapter(dim, hidden_ratio=adapter_ratio)
-        self.aff_exo_proj = conv_bn_relu(dim, kernel_size=proj_kernel)
-        self.aff_ego_proj = conv_bn_relu(dim, kernel_size=proj_kernel)
+        self.aff_exo_proj = conv_bn_relu(dim, proj_kernels)
+        self.aff_ego_proj = conv_bn_relu(dim, proj_kernels)
         self.aff_fc = nn.Conv2d(dim, num_classes, kernel_size=1)
         self.text = text
         if text is not None:
@@ -639,7 +639,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         part_bank=m.part_bank,
         border_weight=cfg.loss.border,
         background_weight=cfg.loss.background,
-        proj_kernel=m.proj_kernel,
+        proj_kernels=list(m.proj_kernels),
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

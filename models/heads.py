@@ -4,7 +4,7 @@
   patch descriptors, x + fc2(GELU(fc1(LayerNorm(x)))), D → 4D → D, shared by the exo- and egocentric views. Its
   sub-module names (``norm``, ``fc1``, ``fc2``) are those of the published code, so its checkpoints load as they are.
 - :func:`conv_bn_relu` (``aff_exo_proj``/``aff_ego_proj``): [3×3 conv, BatchNorm, ReLU] × 2, indexed like LOCATE's
-  ``nn.Sequential`` (0, 1, 3, 4).
+  ``nn.Sequential`` (0, 1, 3, 4); the kernel sizes are an option (ours: 1×1 scores each patch by its own look).
 - :func:`class_logits`: global average pooling of class activation maps (the 1×1 conv ``aff_fc`` makes them), or
   (ours, an option) the mean of each map's top fraction of positions. GAP rewards a class for the *area* its map
   covers, so a class whose objects are thin (a knife, scissors) can be predicted from how much background an image
@@ -56,17 +56,18 @@ class AffordanceAdapter(nn.Module):
         return rearrange(self(tokens), "b (h w) d -> b d h w", h=h, w=w)
 
 
-def conv_bn_relu(dim: int, num_layers: int = 2, kernel_size: int = 3) -> nn.Sequential:
-    """LOCATE's ``aff_exo_proj``/``aff_ego_proj``: ``num_layers`` × [k×k conv ('same' padding), BatchNorm, ReLU], D → D.
+def conv_bn_relu(dim: int, kernel_sizes: tuple[int, ...] | list[int] = (3, 3)) -> nn.Sequential:
+    """LOCATE's ``aff_exo_proj``/``aff_ego_proj``: one [k×k conv ('same' padding), BatchNorm, ReLU] per kernel size.
 
-    LOCATE uses k = 3. k = 1 (ours, an option) makes each patch's class scores depend on that patch's descriptor only,
-    so a part is scored by its own look and not by the object shape around it.
+    LOCATE uses (3, 3). Smaller kernels (ours, an option) shrink how far around a patch its class scores look: with
+    (1, 1) each patch is scored by its own descriptor only, so a part is recognised by its look and not by the
+    object shape around it; (3, 1) sees one patch around.
     """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"conv_bn_relu: kernel_size must be a positive odd number, got {kernel_size}")
+    if not kernel_sizes or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+        raise ValueError(f"conv_bn_relu: kernel sizes must be positive odd numbers, got {list(kernel_sizes)}")
     layers: list[nn.Module] = []
-    for _ in range(num_layers):
-        conv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2)
+    for k in kernel_sizes:
+        conv = nn.Conv2d(dim, dim, kernel_size=k, padding=k // 2)
         layers += [conv, nn.BatchNorm2d(dim), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 

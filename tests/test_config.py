@@ -124,6 +124,11 @@ def test_bad_overrides_name_the_key(override, pattern):
         ("model.backbone.name=vit_smal_patch16_224", r"not a timm model\. Closest: vit_small_patch16_224"),
         ("model.saliency=bitalign", r"model\.text\.encoder=clip or learned"),
         ("device=gpu", r"device='gpu' is invalid"),
+        (
+            "model.proj_kernels=[3, 2]",
+            r"model\.proj_kernels=\[3, 2\] is invalid: expected a non-empty list of positive odd",
+        ),
+        ("loss.background=-1", r"loss\.background=-1\.0 is invalid: expected a weight >= 0"),
         ("data.resize_size=100", r"data\.resize_size=100 is invalid: expected >= data\.image_size \(224\)"),
         ("model.backbone.kwargs={patch_size:8}", r"needs a space after each colon"),
     ],

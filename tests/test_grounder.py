@@ -348,7 +348,7 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
                 "part_selection": "contrast",
                 "part_contrast": 0.25,
                 "part_bank": 2,
-                "proj_kernel": 1,
+                "proj_kernels": [1, 1],
             },
             "loss": {"border": 1.5, "background": 0.5, "proto_warmup_epochs": 3},
         }

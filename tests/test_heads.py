@@ -48,15 +48,15 @@ def test_conv_bn_relu_kernel_one_scores_each_patch_by_its_own_descriptor():
     x = torch.randn(1, 8, 5, 6)
     y = x.clone()
     y[..., 2, 3] += 1.0  # change one patch
-    for k, reach in ((1, 0), (3, 2)):  # two stacked k x k convs see (k // 2) * 2 patches away
-        stack = conv_bn_relu(8, kernel_size=k).eval()
-        assert stack[0].kernel_size == (k, k)
+    for kernels, reach in (((1, 1), 0), ((3, 1), 1), ((3, 3), 2)):  # each k x k conv reaches k // 2 farther
+        stack = conv_bn_relu(8, kernels).eval()
+        assert [stack[i].kernel_size[0] for i in (0, 3)] == list(kernels)
         changed = (stack(x) - stack(y)).abs().sum(dim=1)[0] > 1e-6  # (5, 6)
         rows, cols = torch.nonzero(changed, as_tuple=True)
         assert changed[2, 3]
         assert int((rows - 2).abs().max()) == reach and int((cols - 3).abs().max()) == reach
-    with pytest.raises(ValueError, match="positive odd number"):
-        conv_bn_relu(8, kernel_size=2)
+    with pytest.raises(ValueError, match="positive odd numbers"):
+        conv_bn_relu(8, (3, 2))
 
 
 def test_class_logits_is_global_average():

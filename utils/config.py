@@ -173,11 +173,10 @@ class ModelConfig:
     )
     pool_top: float = _f(0.2, "The fraction of positions that pooling=topk averages, in (0, 1].")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
-    proj_kernel: int = _f(
-        3,
-        "Kernel size of the convolutions in aff_exo_proj and aff_ego_proj (LOCATE: 3). 1 (ours) scores each patch by "
-        "its own descriptor only, so a part is recognised by its look and not by the object shape around it.",
-        (1, 3, 5),
+    proj_kernels: list[int] = _f(
+        [3, 3],
+        "Kernel size of each convolution in aff_exo_proj and aff_ego_proj (LOCATE: [3, 3]). [1, 1] (ours) scores each "
+        "patch by its own descriptor only, so a part is recognised by its look and not by the object shape around it.",
     )
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
     center_descriptors: bool = _f(
@@ -601,6 +600,12 @@ def validate(cfg: Config) -> None:
     _check(m.part_bank >= 1, "model.part_bank", m.part_bank, "a positive integer")
     for key in ("proto", "conc", "contra", "sep", "border", "background"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
+    _check(
+        len(m.proj_kernels) > 0 and all(k > 0 and k % 2 == 1 for k in m.proj_kernels),
+        "model.proj_kernels",
+        m.proj_kernels,
+        "a non-empty list of positive odd kernel sizes",
+    )
     _check(0 < m.pool_top <= 1, "model.pool_top", m.pool_top, "a fraction in (0, 1]")
     for key in ("aff_cam_thd", "part_iou_thd"):
         _check(0 <= getattr(m, key) <= 1, f"model.{key}", getattr(m, key), "a threshold in [0, 1]")
