@@ -178,7 +178,7 @@ def train_split(
     # ================================================================================================ loss
     logger.info("==================== %s: loss ====================", split)
     logger.info(
-        "L = CE_ego + CE_exo + %g proto (from epoch %d, margin %g) + %g conc%s%s%s%s; prototypes chosen by %s",
+        "L = CE_ego + CE_exo + %g proto (from epoch %d, margin %g) + %g conc%s%s%s; prototypes chosen by %s",
         cfg.loss.proto,
         cfg.loss.proto_warmup_epochs + 1,
         cfg.loss.proto_margin,
@@ -186,7 +186,6 @@ def train_split(
         f" + {cfg.loss.contra:g} contra" if cfg.model.text.encoder != "none" else "",
         f" + {cfg.loss.sep:g} sep" if cfg.loss.sep > 0 else "",
         f" + {cfg.loss.border:g} border" if cfg.loss.border > 0 else "",
-        f" + {cfg.loss.background:g} background" if cfg.loss.background > 0 else "",
         cfg.model.part_selection,
     )
 

@@ -40,7 +40,6 @@ from torch import nn
 from models.backbone import ViTBackbone
 from models.heads import POOLINGS, AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
 from models.losses import (
-    background_loss,
     border_loss,
     classification_losses,
     concentration_loss,
@@ -111,8 +110,6 @@ class Grounder(nn.Module):
         part_contrast: with "contrast", the weight of a cluster's presence in the other classes.
         part_bank: with "contrast", the egocentric images kept per class.
         border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
-        background_weight: λ of the background loss (ours, :func:`models.losses.background_loss`; 0 in the published
-            recipe).
         proj_kernels: kernel size of each convolution of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3, 3).
     """
 
@@ -145,7 +142,6 @@ class Grounder(nn.Module):
         part_contrast: float = 0.5,
         part_bank: int = 8,
         border_weight: float = 0.0,
-        background_weight: float = 0.0,
         proj_kernels: tuple[int, ...] | list[int] = (3, 3),
     ) -> None:
         super().__init__()
@@ -203,7 +199,6 @@ class Grounder(nn.Module):
         self.part_selection = part_selection
         self.part_contrast = part_contrast
         self.border_weight = border_weight
-        self.background_weight = background_weight
         # Working memory of part_selection="contrast" (not saved in checkpoints; refills after a resume).
         self.part_bank = ClassPatchBank(num_classes, part_bank) if part_selection == "contrast" else None
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
@@ -408,7 +403,6 @@ class Grounder(nn.Module):
         conc = concentration_loss(ego_pred)
         sep = separation_loss(ego_pred, ego_out["logits"]) if self.sep_weight > 0 else zero
         border = border_loss(ego_pred, label) if self.border_weight > 0 else zero
-        background = background_loss(ego_pred) if self.background_weight > 0 else zero
         if self.text is not None and self.contra_weight > 0:
             contra = contrastive_loss(
                 ego_out["pool"].pooled, text_feats, label, self._scale(), temperature=self.contra_temperature
@@ -416,7 +410,7 @@ class Grounder(nn.Module):
         else:
             contra = zero
         total = ce_ego + ce_exo + self.proto_weight * proto + self.conc_weight * conc + self.contra_weight * contra
-        total = total + self.sep_weight * sep + self.border_weight * border + self.background_weight * background
+        total = total + self.sep_weight * sep + self.border_weight * border
         return {
             "aff_cam": aff_cam,
             "gt_aff_cam": gt_aff_cam,
@@ -442,7 +436,6 @@ class Grounder(nn.Module):
                 "conc": conc,
                 "sep": sep,
                 "border": border,
-                "background": background,
                 "contra": contra,
                 "total": total,
             },
@@ -638,7 +631,6 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         part_contrast=m.part_contrast,
         part_bank=m.part_bank,
         border_weight=cfg.loss.border,
-        background_weight=cfg.loss.background,
         proj_kernels=list(m.proj_kernels),
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -29,7 +29,6 @@ from einops import einsum
 from utils.maps import normalize_minmax
 
 __all__ = [
-    "background_loss",
     "border_loss",
     "classification_losses",
     "concentration_loss",
@@ -206,44 +205,6 @@ def separation_loss(maps: torch.Tensor, logits: torch.Tensor, eps: float = 1e-3)
         return (pair * overlap).sum() / pair.sum().clamp_min(1e-12)
 
 
-def _ring(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(h, w) mask of the patches that touch the grid's border."""
-    ring = torch.ones(h, w, device=device)
-    ring[1:-1, 1:-1] = 0
-    return ring
-
-
-def background_loss(maps: torch.Tensor) -> torch.Tensor:
-    """How much the class scores of the border patches tell the classes apart (ours): KL(uniform ‖ softmax).
-
-    Average pooling lets a class be recognised by how much background its images have: the objects that afford
-    cut_with are thin, so raising cut_with's score on *background* raises the pooled logit of exactly the cut_with
-    images, and the map then lights up the background around the blade (the published code has this shortcut
-    too). Softmax cross-entropy only sees differences between classes, so the shortcut needs background patches
-    whose scores differ between classes. This loss takes it away: at each patch of the outermost ring (mostly
-    background in an object-centred egocentric image), the per-patch class distribution softmax_c(maps[:, c]) should
-    be uniform. It is KL(U ‖ p) = −log C − mean_c log p_c, zero exactly when the patch scores every class alike,
-    and, unlike :func:`border_loss`, it acts on every class map, not only the label's. Background inside the image
-    looks like background on the ring, so a head that scores patches by their own look learns to keep all of it flat.
-
-    Args:
-        maps: (B, C, h, w) raw egocentric class maps, h and w at least 3, C at least 2.
-
-    Returns:
-        0-d float32 tensor, >= 0.
-    """
-    if maps.dim() != 4 or maps.shape[-1] < 3 or maps.shape[-2] < 3 or maps.shape[1] < 2:
-        raise ValueError(
-            f"background_loss: expected maps (B, C, h, w) with C >= 2 and h, w >= 3, got {tuple(maps.shape)}"
-        )
-    with fp32(maps.device):
-        _, c, h, w = maps.shape
-        log_p = F.log_softmax(maps.float(), dim=1)  # (B, C, h, w)
-        kl = -log_p.mean(dim=1) - torch.log(torch.tensor(float(c), device=maps.device))  # (B, h, w)
-        ring = _ring(h, w, maps.device)
-        return (kl * ring).sum(dim=(-2, -1)).div(ring.sum()).mean()
-
-
 def border_loss(maps: torch.Tensor, labels: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """Share of each label map's spatial distribution on the outermost ring of the patch grid (ours).
 
@@ -268,4 +229,6 @@ def border_loss(maps: torch.Tensor, labels: torch.Tensor, eps: float = 1e-3) -> 
         b, _, h, w = maps.shape
         index = labels.view(b, 1, 1, 1).expand(b, 1, h, w)
         p = _spatial_distribution(maps.float().gather(1, index), eps)  # (B, 1, h, w)
-        return (p * _ring(h, w, maps.device)).sum(dim=(-3, -2, -1)).mean()
+        ring = torch.ones(h, w, device=maps.device)
+        ring[1:-1, 1:-1] = 0
+        return (p * ring).sum(dim=(-3, -2, -1)).mean()

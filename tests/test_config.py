@@ -128,7 +128,6 @@ def test_bad_overrides_name_the_key(override, pattern):
             "model.proj_kernels=[3, 2]",
             r"model\.proj_kernels=\[3, 2\] is invalid: expected a non-empty list of positive odd",
         ),
-        ("loss.background=-1", r"loss\.background=-1\.0 is invalid: expected a weight >= 0"),
         ("data.resize_size=100", r"data\.resize_size=100 is invalid: expected >= data\.image_size \(224\)"),
         ("model.backbone.kwargs={patch_size:8}", r"needs a space after each colon"),
     ],

@@ -66,7 +66,7 @@ def test_forward_outputs_match_the_interface():
         assert tuple(out[key].shape) == shape, key
     assert out["attnpool_mask"] is None
     assert out["selected_head"].tolist() == [-1, -1]
-    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "background", "total"}
+    assert set(out["losses"]) == {"ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "total"}
     assert out["losses"]["sep"].item() == 0.0  # off in the published recipe
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out["losses"].values())
     assert out["gt_ego_cam"].min() >= 0 and out["gt_ego_cam"].max() <= 1
@@ -350,7 +350,7 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
                 "part_bank": 2,
                 "proj_kernels": [1, 1],
             },
-            "loss": {"border": 1.5, "background": 0.5, "proto_warmup_epochs": 3},
+            "loss": {"border": 1.5, "proto_warmup_epochs": 3},
         }
     )
     model = build_model(cfg, NAMES)
@@ -362,9 +362,8 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
     out = model(batch(b=4), epoch=0)
     assert len(model.part_bank) == 4 and [len(v) for v in model.part_bank.items] == [2, 1, 1]
     losses = out["losses"]
-    assert 0 < losses["border"].item() < 1 and losses["background"].item() > 0
+    assert 0 < losses["border"].item() < 1
     expected = losses["ce_ego"] + losses["ce_exo"] + 0.07 * losses["conc"] + 1.5 * losses["border"]
-    expected = expected + 0.5 * losses["background"]
     torch.testing.assert_close(losses["total"], expected)
     # A second step chooses with the bank: samples of classes it has images of get the contrast rule's scores.
     out = model(batch(b=4), epoch=0)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from models.losses import (
-    background_loss,
     border_loss,
     classification_losses,
     concentration_loss,
@@ -167,26 +166,3 @@ def test_border_loss_is_the_label_maps_share_on_the_outer_ring():
     assert moved.grad is not None and moved.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="h, w >= 3"):
         border_loss(torch.zeros(1, 1, 2, 5), torch.tensor([0]))
-
-
-def test_background_loss_is_the_ring_patches_divergence_from_equal_class_scores():
-    maps = torch.zeros(2, 2, 3, 3)  # 8 ring patches around one centre patch
-    maps[0, 0, 1, 1] = 5.0  # the centre patch is not on the ring: free to favour a class
-    assert background_loss(maps).item() == pytest.approx(0.0, abs=1e-7)
-    # One ring patch of sample 1 scores class 0 higher by log 3: p = (3/4, 1/4), KL(U || p) = -log 2 - (log 3/4 +
-    # log 1/4) / 2 = log(4 / (2 * sqrt 3)); averaged over 8 ring patches and 2 samples.
-    maps[1, 0, 0, 2] = math.log(3.0)
-    expected = math.log(4 / (2 * math.sqrt(3))) / 8 / 2
-    assert background_loss(maps).item() == pytest.approx(expected, rel=1e-6)
-    # It only sees differences between classes: adding the same score to every class changes nothing.
-    shifted = maps + torch.randn(2, 1, 3, 3)
-    assert background_loss(shifted).item() == pytest.approx(expected, rel=1e-5)
-    # Its gradient pulls the two class scores of that patch together and leaves the centre alone.
-    grad_in = maps.clone().requires_grad_(True)
-    background_loss(grad_in).backward()
-    g = grad_in.grad
-    assert g[1, 0, 0, 2] > 0 > g[1, 1, 0, 2] and g[0, :, 1, 1].abs().sum() == 0
-    with pytest.raises(ValueError, match="C >= 2"):
-        background_loss(torch.zeros(1, 1, 3, 3))
-    with pytest.raises(ValueError, match="h, w >= 3"):
-        background_loss(torch.zeros(1, 2, 2, 5))

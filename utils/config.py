@@ -218,12 +218,6 @@ class LossConfig:
         "Weight of the border loss (ours, not in LOCATE): the share of the egocentric label map on the outermost ring "
         "of patches, a boundary prior for object-centred images. 0 keeps the published recipe.",
     )
-    background: float = _f(
-        0.0,
-        "Weight of the background loss (ours, not in LOCATE): the class scores of each egocentric patch on the "
-        "outermost ring must not tell the classes apart (KL from uniform), so that average pooling cannot recognise "
-        "a class by how much background its images have. 0 keeps the published recipe.",
-    )
     proto_warmup_epochs: int = _f(1, "Epochs before the prototype loss starts (LOCATE: it starts at the second).")
     proto_margin: float = _f(
         0.5,
@@ -598,7 +592,7 @@ def validate(cfg: Config) -> None:
     _check(m.backbone.appearance >= 0, "model.backbone.appearance", m.backbone.appearance, "a weight >= 0")
     _check(m.part_contrast >= 0, "model.part_contrast", m.part_contrast, "a weight >= 0")
     _check(m.part_bank >= 1, "model.part_bank", m.part_bank, "a positive integer")
-    for key in ("proto", "conc", "contra", "sep", "border", "background"):
+    for key in ("proto", "conc", "contra", "sep", "border"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
     _check(
         len(m.proj_kernels) > 0 and all(k > 0 and k % 2 == 1 for k in m.proj_kernels),

@@ -49,7 +49,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS: tuple[str, ...] = ("ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "background", "total")
+LOSS_TERMS: tuple[str, ...] = ("ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "total")
 """The loss terms of ``Grounder.forward(...)["losses"]``, in log order."""
 
 TEST_SELECTED_NOTE = "selected on the test set, like the published numbers"
