@@ -338,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
     # ============================================================================================= evaluate
     from utils.baselines import build_baseline
     from utils.config import config_to_dict
-    from utils.evaluation import evaluate, format_table, write_pictures
+    from utils.evaluation import evaluate, format_table, model_predict_fn, write_pictures
 
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
@@ -356,11 +356,7 @@ def _run(args: argparse.Namespace) -> int:
             with_masks=args.baseline == "object",
         )
         if model is not None:
-            eval_size = (cfg.data.eval_size, cfg.data.eval_size)
-
-            def predict_fn(batch: dict[str, Any], model: Any = model, size: tuple[int, int] = eval_size) -> Any:
-                return model.predict(batch["image"], batch["label"], output_size=size)["maps"]
-
+            predict_fn = model_predict_fn(model, cfg.data.eval_size)
             what = f"{Path(args.checkpoint).name} ({ckpt.get('split') or '?'} model)"
         else:
             predict_fn = build_baseline(args.baseline)

@@ -435,15 +435,10 @@ def evaluate_model(
     Returns:
         ``{"metrics": {"KLD", "SIM", "NSS"}, "result": utils.evaluation.EvalResult}``.
     """
-    from utils.evaluation import evaluate
-
-    net = unwrap_model(model)
-
-    def predict_fn(batch: dict[str, Any]) -> torch.Tensor:
-        return net.predict(batch["image"], batch["label"])["maps"]  # (B, h, w) in [0, 1]
+    from utils.evaluation import evaluate, model_predict_fn
 
     result = evaluate(
-        predict_fn,
+        model_predict_fn(unwrap_model(model), cfg.data.eval_size),
         test_set,
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.num_workers,
