@@ -391,3 +391,56 @@ def test_contrast_selection_keeps_partiou_for_classes_the_bank_has_not_seen_and_
     presence, known = bank.presence(centroids, topk=1)
     out = contrast_selection(parts, presence, known, torch.tensor([0, 1]), weight=1.0)
     assert not bool(out.has_prototype[0]) and (out.prototypes[0] == 0).all()
+
+
+def test_class_patch_bank_presence_can_leave_out_images_of_chosen_objects_except_in_the_own_class():
+    bank = ClassPatchBank(num_classes=3, size=4)
+    # class 1: object 5 shows e1, object 6 shows e0 only; class 0: object 5 shows e1; class 2: unknown object.
+    bank.add(_one_hot_images([[0, 1], [0, 0], [0, 1], [0, 2]]), torch.tensor([1, 1, 0, 2]), objects=[5, 6, 5, -1])
+    assert bank.objects == [[5], [5, 6], [-1]]
+    protos = torch.eye(4)[:3].unsqueeze(0).repeat(2, 1, 1)  # (B=2, K=3): e0, e1, e2
+    exclude = torch.zeros(2, 7, dtype=torch.bool)
+    exclude[0, 5] = True  # sample 0 leaves out object 5 ...
+    exclude[1, [5, 6]] = True  # ... sample 1 objects 5 and 6
+    presence, known = bank.presence(protos, topk=1, exclude=exclude, own=torch.tensor([0, 2]))
+    # Sample 0 (class 0): its own class keeps object 5's image; class 1 counts only object 6's (e0, no e1).
+    torch.testing.assert_close(presence[0, 0], torch.tensor([1.0, 1.0, 0.0]))
+    torch.testing.assert_close(presence[0, 1], torch.tensor([1.0, 0.0, 0.0]))
+    # Sample 1: nothing of class 0 or 1 counts; the unknown object of class 2 always counts.
+    assert known.tolist() == [[True, True, True], [False, False, True]]
+    torch.testing.assert_close(presence[1, :2], torch.zeros(2, 3))
+    torch.testing.assert_close(presence[1, 2], torch.tensor([1.0, 0.0, 1.0]))
+    # Without exclude it is the plain mean over all images, and known is per class.
+    presence, known = bank.presence(protos, topk=1)
+    assert known.tolist() == [True, True, True]
+    torch.testing.assert_close(presence[0, 1], torch.tensor([1.0, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="own"):
+        bank.presence(protos, exclude=exclude)
+    with pytest.raises(ValueError, match="object ids"):
+        bank.add(_one_hot_images([[0, 1]]), torch.tensor([0]), objects=[1, 2])
+
+
+def test_contrast_against_foreign_objects_picks_the_part_a_class_shares_with_a_sibling_class():
+    # "hold" (class 0) on objects A=0 and B=1, "cut_with" (class 1) on A, "open" (class 2) on C=2.
+    # e0 background (everywhere), e1 handle (on A and B), e2 blade (on A), e3 cap (on C).
+    bank = ClassPatchBank(num_classes=3, size=4)
+    bank.add(
+        _one_hot_images([[0, 1, 2], [0, 1, 0], [0, 1, 2], [0, 3, 3]]),
+        torch.tensor([0, 0, 1, 2]),
+        objects=[0, 1, 0, 2],
+    )
+    centroids = torch.eye(4)[:3].unsqueeze(0)  # a hold sample's clusters: background, handle, blade
+    parts = _selection(centroids, best=[0], has=[True])
+    label = torch.tensor([0])
+    # Against every other class, the handle is as visible in cut_with's images as in hold's: 1 - 0.5 * 1 = 0.5,
+    # the same score as the background, and the background (first) wins the tie.
+    presence, known = bank.presence(centroids, topk=1)
+    out = contrast_selection(parts, presence, known, label, weight=0.5)
+    torch.testing.assert_close(out.part_scores[0], torch.tensor([0.5, 0.5, 0.0]))
+    assert out.best.tolist() == [0]
+    # Against objects that never afford hold (only C here), the handle is hold's alone.
+    affords_hold = torch.tensor([[True, True, False]])
+    presence, known = bank.presence(centroids, topk=1, exclude=affords_hold, own=label)
+    out = contrast_selection(parts, presence, known, label, weight=0.5)
+    torch.testing.assert_close(out.part_scores[0], torch.tensor([0.5, 1.0, 0.5]))
+    assert out.best.tolist() == [1] and bool(out.has_prototype[0])
