@@ -109,9 +109,6 @@ class Grounder(nn.Module):
             images and least in any other class's, from a :class:`models.parts.ClassPatchBank` of recent images).
         part_contrast: with "contrast", the weight of a cluster's presence in the other classes.
         part_bank: with "contrast", the egocentric images kept per class.
-        part_contrast_foreign: with "contrast", count against a cluster only the other classes' images of objects
-            that never afford the sample's class (ours; needs ``batch["object"]``, the object folder name). The
-            (class, object) pairs are collected from the training batches, like the bank, and not saved.
         border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
         proj_kernels: kernel size of each convolution of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3, 3).
     """
@@ -144,7 +141,6 @@ class Grounder(nn.Module):
         part_selection: str = "partiou",
         part_contrast: float = 0.5,
         part_bank: int = 8,
-        part_contrast_foreign: bool = False,
         border_weight: float = 0.0,
         proj_kernels: tuple[int, ...] | list[int] = (3, 3),
     ) -> None:
@@ -205,9 +201,6 @@ class Grounder(nn.Module):
         self.border_weight = border_weight
         # Working memory of part_selection="contrast" (not saved in checkpoints; refills after a resume).
         self.part_bank = ClassPatchBank(num_classes, part_bank) if part_selection == "contrast" else None
-        self.part_contrast_foreign = part_contrast_foreign
-        self.object_ids: dict[str, int] = {}  # object folder name -> id, in the order the batches showed them
-        self.affords = torch.zeros(num_classes, 0, dtype=torch.bool)  # (C, O): object o was seen with class c
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
@@ -335,25 +328,6 @@ class Grounder(nn.Module):
         mu = self.desc_mean.view(1, -1, 1, 1)
         return exo_desc - mu.to(exo_desc.dtype), ego_desc - mu.to(ego_desc.dtype)
 
-    def _register_objects(self, objects: Any, label: torch.Tensor) -> list[int] | None:
-        """Ids of a batch's object names (new names get new ids), recording which class each was seen with.
-
-        Returns None, and records nothing, when the batch carries no list of ``b`` object names.
-        """
-        if not isinstance(objects, (list, tuple)) or len(objects) != label.shape[0]:
-            return None
-        if not all(isinstance(o, str) for o in objects):
-            return None
-        for name in objects:
-            self.object_ids.setdefault(name, len(self.object_ids))
-        if self.affords.shape[1] < len(self.object_ids):
-            grown = torch.zeros(self.num_classes, len(self.object_ids), dtype=torch.bool)
-            grown[:, : self.affords.shape[1]] = self.affords
-            self.affords = grown
-        ids = [self.object_ids[name] for name in objects]
-        self.affords[label.cpu(), torch.tensor(ids)] = True
-        return ids
-
     # ------------------------------------------------------------------------------------------- training
 
     def forward(self, batch: dict[str, Any], epoch: int = 0) -> dict[str, Any]:
@@ -412,13 +386,9 @@ class Grounder(nn.Module):
         )
 
         if self.part_bank is not None:
-            objects = self._register_objects(batch.get("object"), label)
-            exclude = None
-            if self.part_contrast_foreign and objects is not None:
-                exclude = self.affords.to(label.device)[label]  # (b, O): objects that also afford the sample's class
-            presence, known = self.part_bank.presence(F.normalize(parts.centroids, dim=-1), exclude=exclude, own=label)
+            presence, known = self.part_bank.presence(F.normalize(parts.centroids, dim=-1))
             parts = contrast_selection(parts, presence, known, label, weight=self.part_contrast)
-            self.part_bank.add(ego_proto_desc, label, objects)
+            self.part_bank.add(ego_proto_desc, label)
         if self.oracle_prototypes and self.training:
             parts = self._oracle_parts(parts, ego_proto_desc, batch)
 
@@ -660,7 +630,6 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         part_selection=m.part_selection,
         part_contrast=m.part_contrast,
         part_bank=m.part_bank,
-        part_contrast_foreign=m.part_contrast_foreign,
         border_weight=cfg.loss.border,
         proj_kernels=list(m.proj_kernels),
     )

@@ -337,10 +337,9 @@ def mask_prototypes(desc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
 class ClassPatchBank:
     """The patch descriptors of the last ``size`` egocentric images of every class, for :func:`contrast_selection`.
 
-    Descriptors are stored detached and L2-normalised per patch, as (D, h·w) tensors on the device they came from,
-    each with the id of the object it shows (-1 when unknown). The bank is working memory of the training loop, not
-    a parameter: it is not saved in checkpoints and refills in the first steps after a resume (until a class has an
-    image, its samples keep the PartIoU choice).
+    Descriptors are stored detached and L2-normalised per patch, as (D, h·w) tensors on the device they came from.
+    The bank is working memory of the training loop, not a parameter: it is not saved in checkpoints and refills in
+    the first steps after a resume (until a class has an image, its samples keep the PartIoU choice).
 
     Args:
         num_classes: C.
@@ -353,63 +352,38 @@ class ClassPatchBank:
         self.num_classes = num_classes
         self.size = size
         self.items: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-        self.objects: list[list[int]] = [[] for _ in range(num_classes)]
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.items)
 
     def clear(self) -> None:
         self.items = [[] for _ in range(self.num_classes)]
-        self.objects = [[] for _ in range(self.num_classes)]
 
     @torch.no_grad()
-    def add(self, desc: torch.Tensor, labels: torch.Tensor, objects: list[int] | None = None) -> None:
-        """Store every image of a batch: ``desc`` (B, D, h, w), ``labels`` (B,) int64, ``objects`` B object ids
-        (default: unknown, -1)."""
+    def add(self, desc: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store every image of a batch: ``desc`` (B, D, h, w), ``labels`` (B,) int64."""
         flat = F.normalize(desc.detach().float().flatten(2), dim=1)  # (B, D, hw)
-        ids = [-1] * flat.shape[0] if objects is None else [int(o) for o in objects]
-        if len(ids) != flat.shape[0]:
-            raise ValueError(f"ClassPatchBank.add: expected {flat.shape[0]} object ids, got {len(ids)}")
         for j, c in enumerate(labels.tolist()):
-            bank, objs = self.items[int(c)], self.objects[int(c)]
+            bank = self.items[int(c)]
             bank.append(flat[j])
-            objs.append(ids[j])
             if len(bank) > self.size:
                 bank.pop(0)
-                objs.pop(0)
 
     @torch.no_grad()
-    def presence(
-        self,
-        protos: torch.Tensor,
-        topk: int = 3,
-        exclude: torch.Tensor | None = None,
-        own: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def presence(self, protos: torch.Tensor, topk: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         """How visible each candidate is in each class's stored images.
 
         Args:
             protos: (B, K, D) L2-normalised candidate prototypes.
             topk: the presence of a candidate in one image is the mean of its ``topk`` highest patch cosines.
-            exclude: optional (B, O) bool over object ids: for sample b, stored images of an object o with
-                ``exclude[b, o]`` do not count, except in the sample's own class ``own[b]``. Images of unknown
-                objects (-1) and ids >= O always count.
-            own: (B,) int64 class of each sample; required with ``exclude``.
 
         Returns:
-            ``(presence, known)``: (B, C, K) float32, a candidate's presence averaged over the counted images of the
-            class (0 for classes without any), and which classes have counted images: (C,) bool without
-            ``exclude``, (B, C) bool with it.
+            ``(presence, known)``: (B, C, K) float32, a candidate's presence averaged over the class's images (0 for
+            classes without images), and (C,) bool, the classes that have images.
         """
         b, k, _ = protos.shape
-        if exclude is not None and (own is None or exclude.dim() != 2 or exclude.shape[0] != b):
-            raise ValueError(
-                f"ClassPatchBank.presence: exclude must be (B={b}, O) bool and come with own (B,), got "
-                f"{None if exclude is None else tuple(exclude.shape)} and {None if own is None else tuple(own.shape)}"
-            )
         out = protos.new_zeros(b, self.num_classes, k, dtype=torch.float32)
         known = torch.zeros(self.num_classes, dtype=torch.bool, device=protos.device)
-        known_b = torch.zeros(b, self.num_classes, dtype=torch.bool, device=protos.device)
         for c, stored in enumerate(self.items):
             if not stored:
                 continue
@@ -419,21 +393,9 @@ class ClassPatchBank:
             for g in groups:  # (m, D, hw)
                 cos = einsum(protos.float(), g.to(protos.device), "b k d, m d n -> b m k n")
                 per_image.append(cos.topk(min(topk, cos.shape[-1]), dim=-1).values.mean(dim=-1))  # (b, m, K)
-            p = torch.cat(per_image, dim=1)  # (b, m, K)
+            out[:, c] = torch.cat(per_image, dim=1).mean(dim=1)
             known[c] = True
-            if exclude is None:
-                out[:, c] = p.mean(dim=1)
-                continue
-            ids = torch.tensor(self.objects[c], device=protos.device)  # (m,)
-            inside = (ids >= 0) & (ids < exclude.shape[1])
-            dropped = torch.zeros(b, ids.shape[0], dtype=torch.bool, device=protos.device)
-            dropped[:, inside] = exclude.to(protos.device)[:, ids[inside]]
-            dropped[own.to(protos.device) == c] = False
-            weight = (~dropped).float()  # (b, m)
-            count = weight.sum(dim=1)  # (b,)
-            out[:, c] = (p * weight.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1).unsqueeze(-1)
-            known_b[:, c] = count > 0
-        return out, (known if exclude is None else known_b)
+        return out, known
 
 
 @torch.no_grad()
@@ -451,16 +413,10 @@ def contrast_selection(
     food of "cut_with" or the person in none, so both score about 0 or below, while the blade, found on the objects
     of "cut_with" and on few others, scores high. A sample gets a prototype when its best score is above 0.
 
-    Which images count as "the other classes'" is the caller's choice, through :meth:`ClassPatchBank.presence`:
-    all of them, or (``model.part_contrast_foreign``) only those of objects that never afford class a. The second
-    matters when every object of a class also affords another one: every hold object also affords cut_with, hit,
-    drink_with or ride, so their images show the handle as often as hold's own do, and the max over all other
-    classes counts the handle against hold as much as the saddle or the blade.
-
     Args:
         parts: the PartIoU selection (its ``centroids`` are the candidates).
         presence: (B, C, K) from :meth:`ClassPatchBank.presence` of the normalised centroids.
-        known: (C,) or (B, C) bool, the classes with counted images (per sample for the second form).
+        known: (C,) bool, the classes the bank has images of.
         labels: (B,) int64 class of each sample.
         weight: how much a candidate's presence in the other classes counts against it.
 
@@ -472,16 +428,13 @@ def contrast_selection(
     b, c, _ = presence.shape
     rows = torch.arange(b, device=presence.device)
     own = presence[rows, labels]  # (B, K)
-    if known.dim() == 1:
-        known = known.view(1, c).expand(b, c)
-    own_known = known[rows, labels]  # (B,)
-    is_other = known.clone()
+    is_other = known.view(1, c).expand(b, c).clone()
     is_other[rows, labels] = False
     others = presence.masked_fill(~is_other.unsqueeze(-1), float("-inf")).max(dim=1).values  # (B, K)
     others = torch.where(torch.isfinite(others), others, torch.zeros_like(others))
     score = own - weight * others
     valid = parts.centroids.abs().sum(dim=(1, 2)) > 0
-    usable = valid & own_known
+    usable = valid & known[labels]
     top, choice = score.max(dim=1)
     best = torch.where(usable, choice, parts.best)
     has = torch.where(usable, top > 0, parts.has_prototype)

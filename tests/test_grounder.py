@@ -371,38 +371,6 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
     assert torch.isfinite(out["part_scores"]).all()
 
 
-@pytest.mark.parametrize("foreign", [False, True])
-def test_contrast_selection_learns_which_objects_afford_each_class_and_leaves_them_out_when_asked(monkeypatch, foreign):
-    backbone = ViTBackbone("vit_small_patch16_224", **TINY)
-    model = Grounder(NAMES, backbone, None, cls_heads=[0, 1], part_selection="contrast", part_contrast_foreign=foreign)
-    seen = []
-    original = model.part_bank.presence
-
-    def spy(protos, topk=3, exclude=None, own=None):
-        seen.append(None if exclude is None else exclude.clone())
-        return original(protos, topk=topk, exclude=exclude, own=own)
-
-    monkeypatch.setattr(model.part_bank, "presence", spy)
-    model.train()
-    first = {**batch(b=4), "object": ["knife", "cup", "knife", "bottle"]}  # labels 0, 2, 1, 0
-    model(first, epoch=0)
-    assert model.object_ids == {"knife": 0, "cup": 1, "bottle": 2}
-    # cut_with: knife, bottle; hold: knife; pour: cup
-    assert model.affords.tolist() == [[True, False, True], [True, False, False], [False, True, False]]
-    assert model.part_bank.objects == [[0, 2], [0], [1]]
-    out = model(first, epoch=0)
-    assert torch.isfinite(out["part_scores"]).all()
-    if foreign:  # each sample leaves out the objects its own class was seen with
-        expected = [[True, False, True], [False, True, False], [True, False, False], [True, False, True]]
-        assert seen[-1].tolist() == expected
-    else:
-        assert seen == [None, None]
-    # A batch without object names records nothing new and stores unknown objects (-1) in the bank.
-    model(batch(b=4), epoch=0)
-    assert len(model.object_ids) == 3 and model.part_bank.objects[2] == [1, 1, -1]
-    assert seen[-1] is None
-
-
 def test_grounder_rejects_an_unknown_part_selection():
     backbone = ViTBackbone("vit_small_patch16_224", **TINY)
     with pytest.raises(ValueError, match="part_selection"):

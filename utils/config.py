@@ -196,13 +196,6 @@ class ModelConfig:
         0.5, "With part_selection=contrast: how much a cluster's presence in the other classes counts against it."
     )
     part_bank: int = _f(8, "With part_selection=contrast: egocentric images remembered per class.")
-    part_contrast_foreign: bool = _f(
-        False,
-        "With part_selection=contrast: count against a cluster only the other classes' images of objects that never "
-        "afford the sample's class (ours). Without it, a part that every object of a class shares with a sibling "
-        "class (the handle of hold, on objects that all also afford cut_with, hit, drink_with or ride) counts against "
-        "itself.",
-    )
     oracle_prototypes: bool = _f(
         False,
         "Diagnostic, not the method: train with part prototypes taken from the true affordance-part masks of the "
