@@ -8,7 +8,6 @@ test.py and train.py end to end, hostile checkpoints, huge images, SIGKILL durin
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import logging
 import os
@@ -36,17 +35,6 @@ from utils.metrics import compute_metrics, prepare_prediction
 REPO = Path(__file__).resolve().parents[1]
 WORLD = {"seed": 0, "image_size": 40, "exo_per_folder": 2, "ego_per_folder": 1, "test_per_folder": 1}
 TINY_VIT = "model.backbone.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
-
-
-def _load_test_script():
-    # `import test` could find the standard library's `test` package: load the file itself.
-    spec = importlib.util.spec_from_file_location("wsag_test_script_reliability", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_script = _load_test_script()
 
 
 def tiny(world: Path, out: Path, *extra: str) -> list[str]:
@@ -100,8 +88,8 @@ def _copy(world: Path, dst: Path) -> Path:
     return Path(shutil.copytree(world, dst / "w"))
 
 
-def _predict(checkpoint: Path, image: Path, out: Path, *extra: str) -> int:
-    return test_script.main(["--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out), *extra])
+def _predict(script, checkpoint: Path, image: Path, out: Path, *extra: str) -> int:
+    return script.main(["--checkpoint", str(checkpoint), "--image", str(image), "--out", str(out), *extra])
 
 
 # ============================================================================================== data
@@ -144,14 +132,14 @@ def test_unreadable_images_never_stop_an_epoch(world: Path, tmp_path: Path, capl
     assert load_checkpoint(out / "Seen" / "last.pth")["step"] == 2  # both steps ran
 
 
-def test_all_zero_gt_gives_defined_counted_metrics(world: Path, tmp_path: Path, capsys) -> None:
+def test_all_zero_gt_gives_defined_counted_metrics(script, world: Path, tmp_path: Path, capsys) -> None:
     root = _copy(world, tmp_path)
     gt = sorted((root / "Seen/testset/GT").rglob("*.png"))[0]
     cv2.imwrite(str(gt), np.zeros((40, 40), np.uint8))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"data: {{root: {root}, splits: [Seen], eval_size: 32, num_workers: 0}}\ndevice: cpu\n")
     out = tmp_path / "eval"
-    assert test_script.main(["--config", str(cfg), "--baseline", "center", "--out", str(out), "--no-progress"]) == 0
+    assert script.main(["--config", str(cfg), "--baseline", "center", "--out", str(out), "--no-progress"]) == 0
     seen = json.loads((out / "metrics.json").read_text())["results"]["Seen"]
     assert seen["zero_gt"] == 1 and seen["num_images"] == len(list((root / "Seen/testset/GT").rglob("*.png")))
     assert all(np.isfinite(seen[m]) for m in ("KLD", "SIM", "NSS"))
@@ -172,7 +160,7 @@ class _RunsCode:
         return (builtins.exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).write_text('code ran')",))
 
 
-def test_a_checkpoint_can_never_run_code(world: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_a_checkpoint_can_never_run_code(script, world: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:
     marker = tmp_path / "pwned"
     zip_file, legacy = tmp_path / "evil.pth", tmp_path / "evil_legacy.pth"
     torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "x": _RunsCode(marker)}, zip_file)
@@ -190,21 +178,23 @@ def test_a_checkpoint_can_never_run_code(world: Path, checkpoint: Path, tmp_path
             match=rf"cannot read checkpoint .*{path.name}.*Unsupported global.*exec.*nothing in the file was run",
         ):
             load_checkpoint(path)
-        assert _predict(path, tmp_path / "x.jpg", tmp_path / "o") == 2
+        assert _predict(script, path, tmp_path / "x.jpg", tmp_path / "o") == 2
         assert f"cannot read checkpoint {path}" in capsys.readouterr().err
         with pytest.raises(CheckpointError):
             train.main([*tiny(world, tmp_path / "run"), "--resume", str(path)])
     assert not marker.exists(), "unpickling a checkpoint ran code"
 
 
-def test_test_py_refuses_a_checkpoint_of_another_configuration(world: Path, checkpoint: Path, tmp_path: Path, capsys):
+def test_test_py_refuses_a_checkpoint_of_another_configuration(
+    script, world: Path, checkpoint: Path, tmp_path: Path, capsys
+):
     cfg = tmp_path / "other.yaml"
     cfg.write_text(
         f"data: {{root: {world}, image_size: 32, eval_size: 32}}\n"
         "model:\n  backbone: {kwargs: {img_size: 32, patch_size: 8, embed_dim: 48, depth: 2, num_heads: 2}, "
         "descriptor: token}\n  cls_heads: [0, 1]\ndevice: cpu\n"
     )
-    assert test_script.main(["--config", str(cfg), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
+    assert script.main(["--config", str(cfg), "--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "different model configuration" in err
     assert "model.backbone.descriptor: checkpoint 'key' vs now 'token'" in err
@@ -227,24 +217,26 @@ def _write(path: Path, array: np.ndarray) -> Path:
         ("5x5", np.random.default_rng(0).integers(0, 255, (5, 5, 3), dtype=np.uint8)),  # smaller than a patch
     ],
 )
-def test_unusual_images_give_finite_maps(checkpoint: Path, tmp_path: Path, kind: str, array: np.ndarray) -> None:
+def test_unusual_images_give_finite_maps(
+    script, checkpoint: Path, tmp_path: Path, kind: str, array: np.ndarray
+) -> None:
     image = _write(tmp_path / f"{kind}.png", array)
-    assert _predict(checkpoint, image, tmp_path, "--affordance", "hold") == 0
+    assert _predict(script, checkpoint, image, tmp_path, "--affordance", "hold") == 0
     heat = np.load(tmp_path / f"{kind}_hold.npy")
     assert heat.shape == array.shape[:2] and np.isfinite(heat).all()
     assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
-    assert _predict(checkpoint, image, tmp_path) == 0  # label-free: the top-3 maps
+    assert _predict(script, checkpoint, image, tmp_path) == 0  # label-free: the top-3 maps
     top = np.load(tmp_path / f"{kind}_top3.npy")
     assert top.shape == (3, *array.shape[:2]) and np.isfinite(top).all()
 
 
-def test_bad_inference_paths_say_what_to_do(checkpoint: Path, tmp_path: Path, capsys) -> None:
-    assert _predict(checkpoint, tmp_path / "nope.jpg", tmp_path, "--affordance", "hold") == 2
+def test_bad_inference_paths_say_what_to_do(script, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert _predict(script, checkpoint, tmp_path / "nope.jpg", tmp_path, "--affordance", "hold") == 2
     err = capsys.readouterr().err
     assert f"--image {tmp_path / 'nope.jpg'}: no such file" in err and "Traceback" not in err
     text = tmp_path / "notes.jpg"
     text.write_text("this is not a picture")
-    assert _predict(checkpoint, text, tmp_path, "--affordance", "hold") == 2
+    assert _predict(script, checkpoint, text, tmp_path, "--affordance", "hold") == 2
     err = capsys.readouterr().err
     assert "Could not decode" in err and "notes.jpg" in err and "Delete or replace it" in err
     assert not list(tmp_path.glob("notes*.npy"))
@@ -267,7 +259,7 @@ for image in sys.argv[1:]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
-def test_huge_image_is_shrunk_while_decoding(checkpoint: Path, tmp_path: Path) -> None:
+def test_huge_image_is_shrunk_while_decoding(script, checkpoint: Path, tmp_path: Path) -> None:
     h, w = 6000, 8000
     float32_copy_mb = h * w * 3 * 4 / 2**20  # 549 MiB: what a full-size float conversion would cost
     row = (np.arange(w, dtype=np.uint16) * 7 % 256).astype(np.uint8)
@@ -297,7 +289,7 @@ def test_huge_image_is_shrunk_while_decoding(checkpoint: Path, tmp_path: Path) -
     assert growth["huge.png"] < float32_copy_mb * 0.75, growth
     for name in ("huge.jpg", "huge.png"):
         heat = np.load(out / f"{Path(name).stem}_hold.npy")
-        side = test_script.MAX_IMAGE_SIDE
+        side = script.MAX_IMAGE_SIDE
         assert heat.shape == (side * h // w, side) and np.isfinite(heat).all()
 
 

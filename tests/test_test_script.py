@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = """\
 data:
   root: {root}
@@ -29,19 +27,6 @@ eval: {{batch_size: 8}}
 device: cpu
 output: {{dir: {run}}}
 """
-
-
-def _load_script():
-    # `import test` could find the standard library's `test` package: load the file itself.
-    spec = importlib.util.spec_from_file_location("wsag_test_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def script():
-    return _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +164,6 @@ def test_clear_errors_without_traceback(script, world, tmp_path, capsys) -> None
     assert "data.eval_size" in capsys.readouterr().err  # the closest valid key
 
 
-def test_importing_runs_nothing() -> None:
-    module = _load_script()
+def test_importing_runs_nothing(script) -> None:
+    module = script  # loaded by the conftest fixture; loading must not have run main()
     assert callable(module.main) and callable(module.parse_args)

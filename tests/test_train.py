@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -295,15 +294,12 @@ def test_a_small_version_of_the_offline_proof_learns(world: Path, tmp_path: Path
     assert all(0 <= report[k] < 100 for k in ("KLD", "SIM")) and report["epoch"] == 8
 
 
-def test_training_evaluation_scores_a_checkpoint_exactly_as_test_py_does(world: Path, tmp_path: Path) -> None:
+def test_training_evaluation_scores_a_checkpoint_exactly_as_test_py_does(script, world: Path, tmp_path: Path) -> None:
     # Inputs of 32 pixels, protocol size 48: the map must go from the patch grid straight to 48 in both places
     # (SPEC §2), not through 32 first, or the same checkpoint gets two different numbers.
     out = tmp_path / "run"
     assert train.main(tiny(world, out, "data.eval_size=48")) == 0
     reported = json.loads((out / "Seen" / "metrics.json").read_text())["model"]["last_epoch"]
-    spec = importlib.util.spec_from_file_location("wsag_test_script_eval", REPO / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     args = ["--checkpoint", str(out / "Seen" / "last.pth"), "--split", "Seen", "--no-progress"]
     assert script.main([*args, "--out", str(tmp_path / "eval"), f"data.root={world}"]) == 0
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["Seen"]
