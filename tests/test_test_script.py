@@ -165,5 +165,5 @@ def test_clear_errors_without_traceback(script, world, tmp_path, capsys) -> None
 
 
 def test_importing_runs_nothing(script) -> None:
-    module = script  # loaded by the conftest fixture; loading must not have run main()
-    assert callable(module.main) and callable(module.parse_args)
+    # The conftest fixture loads the file; had loading run main(), it would have parsed pytest's argv and failed.
+    assert callable(script.main) and callable(script.parse_args)
