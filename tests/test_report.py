@@ -106,3 +106,45 @@ def test_the_report_says_what_each_run_was_measured_with(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "measured with bf16 on cpu" in out and "unknown (a run from before" in out
     assert "not strictly comparable" in out
+
+
+def _config_run(tmp_path: Path, name: str, world: int, seed: int, kld: float, obj: float = 1.2) -> Path:
+    run = _run(tmp_path, name, Seen=_split(kld, 0.5, kld, center=(2.5, 0.2), obj=(obj, 0.4)))
+    cfg = {"data": {"root": f"data/w{world}", "synthetic": {"seed": world}}, "seed": seed, "output": {"dir": name}}
+    (run / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    return run
+
+
+def test_over_seeds_groups_by_configuration_and_judges_the_means(tmp_path: Path) -> None:
+    from utils.report import group_over_seeds, group_table
+
+    runs = [
+        _config_run(tmp_path, "w0_t0", 0, 0, 1.0),
+        _config_run(tmp_path, "w1_t0", 1, 0, 1.1),
+        _config_run(tmp_path, "w0_t1", 0, 1, 1.3),  # the mean of world 0, 1.15, is below the object mask's 1.2
+        _config_run(tmp_path, "w1_t1", 1, 1, 1.4),  # the mean of world 1, 1.25, is not
+    ]
+    groups = group_over_seeds(load_rows(runs))
+    assert [(g.label, g.seeds, [r.run for r in g.rows]) for g in groups] == [
+        ("data.root=data/w0, data.synthetic.seed=0", [0, 1], ["w0_t0", "w0_t1"]),
+        ("data.root=data/w1, data.synthetic.seed=1", [0, 1], ["w1_t0", "w1_t1"]),
+    ]
+    means = [g.mean_row() for g in groups]
+    assert [m.kld for m in means] == pytest.approx([1.15, 1.25])
+    assert failed_targets(means[0]) == [] and failed_targets(means[1]) == ["KLD below object"]
+    table = group_table(groups).splitlines()
+    assert "| 0, 1 | 1.150 ± 0.150 (1.000 to 1.300) | 0.500 | +54 % |" in table[2]
+    assert table[2].endswith("| 1 of 2 | met |") and table[3].endswith("| 1 of 2 | not met: KLD below object |")
+    # one configuration: labelled by its first run
+    assert [g.label for g in group_over_seeds(load_rows(runs[::2]))] == ["w0_t0"]
+
+
+def test_over_seeds_cli_exit_code_follows_the_means(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _config_run(tmp_path, "a", 0, 0, 1.25)  # misses the object mask (1.2) on its own
+    b = _config_run(tmp_path, "b", 0, 1, 1.05)  # the mean, 1.15, meets it
+    assert main([str(a), str(b), "--strict"]) == 1
+    assert main([str(a), str(b), "--strict", "--over-seeds"]) == 0
+    assert "Mean over training seeds" in capsys.readouterr().out
+    (a / "config.yaml").unlink()
+    assert main([str(a), str(b), "--over-seeds"]) == 2
+    assert "config.yaml does not exist" in capsys.readouterr().err
