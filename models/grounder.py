@@ -111,6 +111,9 @@ class Grounder(nn.Module):
         part_bank: with "contrast", the egocentric images kept per class.
         border_weight: λ of the border loss (ours, :func:`models.losses.border_loss`; 0 in the published recipe).
         proj_kernels: kernel size of each convolution of ``aff_exo_proj`` and ``aff_ego_proj`` (LOCATE: 3, 3).
+        object_prior: share of the model's own class-agnostic object map mixed into every heatmap that
+            :meth:`predict` returns (ours; 0, LOCATE's map alone, in the published recipe); see
+            :meth:`mix_object_prior`.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class Grounder(nn.Module):
         part_bank: int = 8,
         border_weight: float = 0.0,
         proj_kernels: tuple[int, ...] | list[int] = (3, 3),
+        object_prior: float = 0.0,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -152,6 +156,8 @@ class Grounder(nn.Module):
                 f"Grounder: part_selection must be one of {PART_SELECTIONS}, part_contrast >= 0 and part_bank >= 1, "
                 f"got {part_selection!r}, {part_contrast} and {part_bank}"
             )
+        if not 0.0 <= object_prior < 1.0:
+            raise ValueError(f"Grounder: object_prior is a share in [0, 1), got {object_prior}")
         if pooling not in POOLINGS or not 0 < pool_top <= 1:
             raise ValueError(
                 f"Grounder: pooling must be one of {POOLINGS} and pool_top a fraction in (0, 1], got {pooling!r} and "
@@ -187,6 +193,7 @@ class Grounder(nn.Module):
         self.pool_top = pool_top
         self.kmeans_iters = kmeans_iters
         self.kmeans_seed = kmeans_seed
+        self.object_prior = float(object_prior)
         self.proto_weight = proto_weight
         self.conc_weight = conc_weight
         self.sep_weight = sep_weight
@@ -488,6 +495,33 @@ class Grounder(nn.Module):
             weights = torch.where(is_phrase.unsqueeze(1), soft, hard)
         return idx, weights, cond
 
+    def mix_object_prior(self, maps: torch.Tensor, ego_pred: torch.Tensor) -> torch.Tensor:
+        """Mix the model's own class-agnostic object map into heatmaps on the patch grid (``object_prior``, ours).
+
+        The object map is the min-max normalised log-sum-exp of all class maps (``ego_pred``): high wherever some
+        affordance is, that is on the object. Each map of ``maps`` is min-max normalised, both are scaled to sum 1,
+        and the result is ``(1 - object_prior) * map + object_prior * object``. KLD is convex in the prediction, so
+        the mixture scores at most the mixture of the two scores, and less where they miss different GT mass: the
+        label map misses the part when it lies on the wrong part, the object map never misses the object. With
+        ``object_prior == 0`` the maps are returned unchanged.
+
+        Args:
+            maps: (b, c, h, w) raw heatmaps (the label's map with c = 1, or all class maps).
+            ego_pred: (b, C, h, w) the egocentric class maps.
+
+        Returns:
+            (b, c, h, w) float32 maps (min-max normalise them after resizing, as :meth:`predict` does).
+        """
+        if self.object_prior == 0.0:
+            return maps
+        obj = normalize_minmax(torch.logsumexp(ego_pred.float(), dim=1, keepdim=True))  # (b, 1, h, w)
+        part = normalize_minmax(maps.float())
+
+        def unit_mass(x: torch.Tensor) -> torch.Tensor:
+            return x / x.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+
+        return (1.0 - self.object_prior) * unit_mass(part) + self.object_prior * unit_mass(obj)
+
     @torch.no_grad()
     def predict(
         self,
@@ -537,7 +571,8 @@ class Grounder(nn.Module):
                 ego = self._ego_branch(desc, cls_attn, cond)
                 if not needs_cond:
                     pred_label = ego["logits"].argmax(dim=1)
-                up = F.interpolate(ego["ego_pred"].float(), size=size, mode="bilinear", align_corners=False)
+                all_maps = self.mix_object_prior(ego["ego_pred"].float(), ego["ego_pred"])
+                up = F.interpolate(all_maps, size=size, mode="bilinear", align_corners=False)
                 out["all_maps"] = normalize_minmax(up)  # (b, C, H', W')
                 out["pred_label"] = pred_label
             else:
@@ -549,6 +584,7 @@ class Grounder(nn.Module):
                     label_map = ego_pred.gather(1, index).squeeze(1)  # (b, h, w)
                 else:
                     label_map = einsum(weights, ego_pred, "b c, b c h w -> b h w")
+                label_map = self.mix_object_prior(label_map.unsqueeze(1), ego_pred).squeeze(1)
                 up = F.interpolate(label_map.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
                 out["maps"] = normalize_minmax(up.squeeze(1))  # (b, H', W')
             out.update(
@@ -632,6 +668,7 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         part_bank=m.part_bank,
         border_weight=cfg.loss.border,
         proj_kernels=list(m.proj_kernels),
+        object_prior=m.object_prior,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

@@ -124,6 +124,7 @@ def test_bad_overrides_name_the_key(override, pattern):
         ("model.backbone.name=vit_smal_patch16_224", r"not a timm model\. Closest: vit_small_patch16_224"),
         ("model.saliency=bitalign", r"model\.text\.encoder=clip or learned"),
         ("device=gpu", r"device='gpu' is invalid"),
+        ("model.object_prior=1", r"model\.object_prior=1\.0 is invalid: expected a share in \[0, 1\)"),
         (
             "model.proj_kernels=[3, 2]",
             r"model\.proj_kernels=\[3, 2\] is invalid: expected a non-empty list of positive odd",

@@ -164,6 +164,30 @@ def test_predict_label_free_and_other_input_size():
     assert out["all_maps"].amax(dim=(-2, -1)).allclose(torch.ones(3, 3))
 
 
+def test_object_prior_mixes_the_models_own_object_map_into_the_predictions():
+    model = make().eval()
+    # hand-made maps: the mixture of the two unit-mass maps, each min-max normalised first
+    maps = torch.tensor([[[[0.0, 2.0], [0.0, 0.0]]]])  # (1, 1, 2, 2): all on one cell
+    ego_pred = torch.log(torch.tensor([[[[1.0, 1.0], [3.0, 1.0]]]]))  # (1, C=1, 2, 2): object map 0, 0 / 1, 0
+    assert model.mix_object_prior(maps, ego_pred) is maps  # object_prior 0: untouched
+    model.object_prior = 0.25
+    mixed = model.mix_object_prior(maps, ego_pred)
+    torch.testing.assert_close(mixed, torch.tensor([[[[0.0, 0.75], [0.25, 0.0]]]]))
+    # predict: the label's map and the label-free maps both get the mixture, computed on the patch grid
+    images = torch.randn(2, 3, 32, 32)
+    out = model.predict(images, torch.tensor([1, 2]), output_size=(20, 24))
+    label_map = out["ego_pred"][[0, 1], [1, 2]].unsqueeze(1)
+    want = F.interpolate(model.mix_object_prior(label_map, out["ego_pred"]), size=(20, 24), mode="bilinear")
+    torch.testing.assert_close(out["maps"], normalize_minmax(want.squeeze(1)))
+    plain = F.interpolate(label_map, size=(20, 24), mode="bilinear")
+    assert not torch.allclose(out["maps"], normalize_minmax(plain.squeeze(1)))
+    free = model.predict(images, output_size=(20, 24))
+    want = F.interpolate(model.mix_object_prior(free["ego_pred"], free["ego_pred"]), size=(20, 24), mode="bilinear")
+    torch.testing.assert_close(free["all_maps"], normalize_minmax(want))
+    with pytest.raises(ValueError, match="object_prior"):
+        Grounder(NAMES, ViTBackbone("vit_small_patch16_224", **TINY), cls_heads=[0, 1], object_prior=1.0)
+
+
 def test_predict_label_free_with_gating_conditions_on_ungated_prediction():
     model = make(saliency="bitalign", text="learned", gating=True).eval()
     images = torch.randn(2, 3, 32, 32)
@@ -349,6 +373,7 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
                 "part_contrast": 0.25,
                 "part_bank": 2,
                 "proj_kernels": [1, 1],
+                "object_prior": 0.3,
             },
             "loss": {"border": 1.5, "proto_warmup_epochs": 3},
         }
@@ -356,6 +381,7 @@ def test_build_model_wires_the_offline_options_and_the_border_loss_counts_in_the
     model = build_model(cfg, NAMES)
     assert model.backbone.out_dim == 32 + 7 and model.aff_fc.in_channels == 39
     assert (model.part_selection, model.part_contrast, model.border_weight) == ("contrast", 0.25, 1.5)
+    assert model.object_prior == 0.3
     assert model.part_bank is not None and model.part_bank.size == 2
     assert model.aff_ego_proj[0].kernel_size == (1, 1) and model.aff_exo_proj[3].kernel_size == (1, 1)
     model.train()

@@ -179,6 +179,13 @@ class ModelConfig:
         "patch by its own descriptor only, so a part is recognised by its look and not by the object shape around it.",
     )
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
+    object_prior: float = _f(
+        0.0,
+        "Share of the model's own class-agnostic object map (the min-max of the log-sum-exp of its class maps) mixed "
+        "into every predicted heatmap, both scaled to sum 1 on the patch grid (ours; 0 in the published recipe: the "
+        "label's map alone). KLD is convex in the prediction, so the mixture hedges the label map's misses. It "
+        "changes predictions only, not training.",
+    )
     center_descriptors: bool = _f(
         False,
         "Subtract the running mean of the descriptors before the part prototypes and the prototype loss compare them "
@@ -591,6 +598,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.loss.proto_margin < 1, "loss.proto_margin", cfg.loss.proto_margin, "a margin below 1")
     _check(m.backbone.appearance >= 0, "model.backbone.appearance", m.backbone.appearance, "a weight >= 0")
     _check(m.part_contrast >= 0, "model.part_contrast", m.part_contrast, "a weight >= 0")
+    _check(0 <= m.object_prior < 1, "model.object_prior", m.object_prior, "a share in [0, 1)")
     _check(m.part_bank >= 1, "model.part_bank", m.part_bank, "a positive integer")
     for key in ("proto", "conc", "contra", "sep", "border"):
         _check(getattr(cfg.loss, key) >= 0, f"loss.{key}", getattr(cfg.loss, key), "a weight >= 0")
