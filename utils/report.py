@@ -153,6 +153,23 @@ def _reduction(row: Row) -> str:
     return "" if center is None else f"{100.0 * (1.0 - row.kld / center):+.0f} %"
 
 
+def _baseline_pair(row: Row, name: str) -> str:
+    """A baseline's "KLD / SIM" cell, or "n/a" when the run did not evaluate it."""
+    k, s = row.baseline(name, "KLD"), row.baseline(name, "SIM")
+    return "n/a" if k is None else f"{k:.3f} / {s:.3f}"
+
+
+def _verdict(row: Row) -> str:
+    failed = failed_targets(row)
+    return "n/a" if failed is None else "met" if not failed else "not met: " + "; ".join(failed)
+
+
+def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
     """A Markdown table, one line per row, baselines beside the model."""
     head = [
@@ -168,13 +185,8 @@ def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
     ]
     if targets:
         head.append("targets")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
-
-        def pair(name: str, r: Row = r) -> str:
-            k, s = r.baseline(name, "KLD"), r.baseline(name, "SIM")
-            return "n/a" if k is None else f"{k:.3f} / {s:.3f}"
-
         cells = [
             r.run,
             r.split,
@@ -182,15 +194,12 @@ def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
             f"{r.sim:.3f}",
             f"{r.nss:.3f}",
             _reduction(r),
-            pair("center"),
-            pair("object"),
+            _baseline_pair(r, "center"),
+            _baseline_pair(r, "object"),
             f"{r.best_kld:.3f} (epoch {r.best_epoch})",
         ]
-        if targets:
-            failed = failed_targets(r)
-            cells.append("n/a" if failed is None else "met" if not failed else "not met: " + "; ".join(failed))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([*cells, _verdict(r)] if targets else cells)
+    return _markdown(head, body)
 
 
 def describe_device(env: dict[str, str | int]) -> str:
@@ -330,17 +339,12 @@ def group_table(groups: Sequence[Group], targets: bool = True) -> str:
     ]
     if targets:
         head.append("targets on the means")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for g in groups:
         m = g.mean_row()
         klds = [r.kld for r in g.rows]
         obj = [(r.kld, r.baseline("object", "KLD")) for r in g.rows]
         beaten = "n/a" if any(o is None for _, o in obj) else f"{sum(k < o for k, o in obj)} of {len(obj)}"
-
-        def pair(name: str, m: Row = m) -> str:
-            k, s = m.baseline(name, "KLD"), m.baseline(name, "SIM")
-            return "n/a" if k is None else f"{k:.3f} / {s:.3f}"
-
         cells = [
             g.label,
             g.split,
@@ -348,15 +352,12 @@ def group_table(groups: Sequence[Group], targets: bool = True) -> str:
             f"{m.kld:.3f} ± {statistics.pstdev(klds):.3f} ({min(klds):.3f} to {max(klds):.3f})",
             f"{m.sim:.3f}",
             _reduction(m),
-            pair("center"),
-            pair("object"),
+            _baseline_pair(m, "center"),
+            _baseline_pair(m, "object"),
             beaten,
         ]
-        if targets:
-            failed = failed_targets(m)
-            cells.append("n/a" if failed is None else "met" if not failed else "not met: " + "; ".join(failed))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append([*cells, _verdict(m)] if targets else cells)
+    return _markdown(head, body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
