@@ -50,7 +50,7 @@ from models.losses import (
 )
 from models.parts import ClassPatchBank, contrast_selection, mask_prototypes, select_part_prototypes
 from models.text import TextEncoder, build_text_encoder, phrase_key
-from utils.maps import normalize_minmax
+from utils.maps import normalize_mass, normalize_minmax
 
 if TYPE_CHECKING:
     from utils.config import Config
@@ -516,11 +516,7 @@ class Grounder(nn.Module):
             return maps
         obj = normalize_minmax(torch.logsumexp(ego_pred.float(), dim=1, keepdim=True))  # (b, 1, h, w)
         part = normalize_minmax(maps.float())
-
-        def unit_mass(x: torch.Tensor) -> torch.Tensor:
-            return x / x.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
-
-        return (1.0 - self.object_prior) * unit_mass(part) + self.object_prior * unit_mass(obj)
+        return (1.0 - self.object_prior) * normalize_mass(part) + self.object_prior * normalize_mass(obj)
 
     @torch.no_grad()
     def predict(

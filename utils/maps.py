@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["normalize_minmax"]
+__all__ = ["normalize_mass", "normalize_minmax"]
 
 
 def normalize_minmax(x: torch.Tensor, dims: int = 2, eps: float = 1e-12) -> torch.Tensor:
@@ -28,3 +28,16 @@ def normalize_minmax(x: torch.Tensor, dims: int = 2, eps: float = 1e-12) -> torc
     hi = flat.amax(dim=-1, keepdim=True)
     out = (flat - lo) / (hi - lo + eps)
     return out.view_as(x)
+
+
+def normalize_mass(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale each map (the last two dimensions) to sum 1, as a spatial distribution of its mass.
+
+    Args:
+        x: (..., h, w) non-negative maps.
+        eps: lower bound of the divisor, so that an all-zero map stays all zeros instead of NaN.
+
+    Returns:
+        Tensor of the same shape, each map summing to 1 (all zeros for an all-zero map).
+    """
+    return x / x.sum(dim=(-2, -1), keepdim=True).clamp_min(eps)

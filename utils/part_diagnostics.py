@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.parts import mask_prototypes
+from utils.maps import normalize_mass
 
 __all__ = ["main", "map_placement", "object_auc", "prototype_selection"]
 
@@ -136,7 +137,7 @@ def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: boo
         size = tuple(part.shape[-2:])
         out = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=size)
         maps = out["maps"].float()
-        mass = maps / maps.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+        mass = normalize_mass(maps)
         rest = (obj - part).clamp_min(0)
         shares = {
             "part": (mass * part).sum(dim=(-2, -1)),
