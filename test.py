@@ -244,7 +244,7 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
             open_vocab = getattr(model, "text", None) is not None and cfg.model.text.encoder == "clip"
             query = _resolve_affordance(args.affordance, class_names, open_vocab)
             out = model.predict(x, [query], output_size=(h, w))
-            heat = out["maps"][0].float().cpu().numpy()  # (H, W) in [0, 1]
+            heat = out.maps[0].float().cpu().numpy()  # (H, W) in [0, 1]
             tag = query.replace(" ", "_")
             picture = hstack([add_label(shown, path.name), add_label(overlay(shown, heat), query)])
             written.append(save_png(out_dir / f"{stem}_{tag}.png", picture))
@@ -253,10 +253,10 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
             print(f"{path}: '{query}' heatmap -> {written[0]} (map: {written[1]})")
         else:
             out = model.predict(x, None)  # maps at the network's input size: C full-size maps could be large
-            probs = out["probs"][0].float().cpu()  # (C,)
+            probs = out.probs[0].float().cpu()  # (C,)
             top = torch.topk(probs, k=min(3, len(class_names)))
             # upsample only the top maps, as predict() does for all of them (bilinear, then min-max)
-            raw = out["ego_pred"][:, top.indices].float()  # (1, 3, h, w)
+            raw = out.ego_pred[:, top.indices].float()  # (1, 3, h, w)
             up = torch.nn.functional.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
             maps = normalize_minmax(up)[0].cpu().numpy()  # (3, H, W)
             names = [class_names[i] for i in top.indices.tolist()]

@@ -395,7 +395,7 @@ class AGD20KTrain(Dataset):
     ) -> AGD20KTrain:
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
-        ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.oracle_prototypes``.
+        ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``.
         """
         return cls(
             cfg.data.root,
@@ -405,7 +405,7 @@ class AGD20KTrain(Dataset):
             resize_size=cfg.data.resize_size,
             seed=cfg.seed if seed is None else seed,
             class_names=class_names,
-            with_part_masks=cfg.model.oracle_prototypes if with_part_masks is None else with_part_masks,
+            with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
         )
 
     def __len__(self) -> int:

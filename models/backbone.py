@@ -1,36 +1,32 @@
-"""A (normally frozen) DINO ViT from timm that hands out patch descriptors and the last block's CLS attention.
+"""The frozen DINO ViT from timm that hands out patch descriptors and the last block's CLS attention.
 
 LOCATE (Li et al., CVPR 2023) describes each patch by the *key* of the last self-attention block and reads the
 object saliency off the CLS query's attention in that block; BiT-Align (IROS 2025) uses the final normed patch
-tokens of a DINOv2 ViT instead. Both come out of one forward pass here:
-
-- every block runs timm's own (fused) attention, untouched;
-- a forward pre-hook records the input of the last block's attention (the normed tokens), from which the keys and
-  the single CLS query are recomputed: the CLS row softmax(q_cls · kᵀ · scale) costs one (T × d) product per head,
-  instead of materialising the (T × T) attention of every block.
+tokens of a DINOv2 ViT instead. Both come out of one pass here: every block but the last runs timm's own (fused)
+attention, untouched; the last block's normed input gives the keys and the single CLS query, whose attention row
+softmax(q_cls · kᵀ · scale) costs one (T × d) product per head instead of the (T × T) attention of every block.
+With key descriptors nothing after that runs.
 
 Prefix tokens (CLS and registers) are stripped with ``num_prefix_tokens``, and the patch grid is read from the
 input and the patch size, so DINO ViT-S/16, ViT-B/8 and DINOv2 (with or without registers) at any input that is a
-multiple of the patch size all work.
+multiple of the patch size all work. Weight files (official DINO/DINOv2 or timm) are read with ``weights_only``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from models.outputs import Features
+
 __all__ = [
-    "APPEARANCE_CHANNELS",
     "DESCRIPTORS",
     "ViTBackbone",
     "clean_vit_state_dict",
@@ -45,39 +41,6 @@ DESCRIPTORS = ("key", "token")
 _WRAPPER_KEYS = ("state_dict", "model", "teacher")
 # Prefixes left by DistributedDataParallel, DINO's MultiCropWrapper and torch.compile.
 _STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-
-
-#: Per-patch appearance statistics that ``appearance > 0`` appends to the descriptors (ours, the offline world).
-APPEARANCE_CHANNELS = ("mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "gradient")
-# Their mean and standard deviation over the synthetic world's Seen training images (ImageNet-normalised, patch 8),
-# measured once; they only bring the seven channels to a common, roughly unit scale.
-_APPEARANCE_MEAN = (0.23, 0.32, 0.42, 0.176, 0.174, 0.18, 0.142)
-_APPEARANCE_STD = (0.75, 0.68, 0.74, 0.235, 0.226, 0.243, 0.18)
-
-
-def patch_appearance(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """Seven statistics of every patch's pixels: mean and standard deviation of each colour channel, and the mean
-    absolute horizontal plus vertical difference of neighbouring pixels (texture energy), standardised.
-
-    Unlike a linear patch embedding they do not depend on where a stripe or a dot falls inside the patch, so two
-    patches of the same material look alike.
-
-    Args:
-        x: (B, 3, H, W) ImageNet-normalised images, H and W multiples of ``patch``.
-        patch: the ViT's patch size.
-
-    Returns:
-        (B, 7, H / patch, W / patch) float32, channels in ``APPEARANCE_CHANNELS`` order.
-    """
-    x = x.float()
-    mean = F.avg_pool2d(x, patch)
-    std = (F.avg_pool2d(x * x, patch) - mean * mean).clamp_min(0).sqrt()
-    dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=1, keepdim=True), (0, 1))
-    dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=1, keepdim=True), (0, 0, 0, 1))
-    stats = torch.cat([mean, std, F.avg_pool2d(dx + dy, patch)], dim=1)  # (B, 7, h, w)
-    shift = torch.tensor(_APPEARANCE_MEAN, device=x.device).view(1, -1, 1, 1)
-    scale = torch.tensor(_APPEARANCE_STD, device=x.device).view(1, -1, 1, 1)
-    return (stats - shift) / scale
 
 
 # ------------------------------------------------------------------------------------------ weight files
@@ -214,27 +177,13 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> None:
 # ----------------------------------------------------------------------------------------------- module
 
 
-@contextlib.contextmanager
-def _capture_input(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the first positional input of ``module`` while the context is open; the hook is always removed."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-        store["x"] = args[0]
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 class ViTBackbone(nn.Module):
-    """A timm ViT returning patch descriptors, final patch tokens and the last block's CLS attention.
+    """A frozen timm ViT that returns patch descriptors and the last block's CLS attention.
 
-    Frozen by default (``requires_grad_(False)``, kept in eval mode whatever the parent does, run under no-grad),
-    as in LOCATE and BiT-Align. ``trainable=True`` exists only for the offline synthetic world, where no pretrained
-    weights exist.
+    Frozen as in LOCATE and BiT-Align: ``requires_grad_(False)``, kept in eval mode whatever the parent does, run
+    under no-grad. The blocks run one after the other as timm runs them (fused attention included); the last block
+    is cut open: its normed input gives the keys and the CLS query, and the rest of it (attention output, MLP, final
+    norm) runs only when the descriptors are the final tokens.
 
     Args:
         name: timm model name, e.g. ``vit_small_patch16_224.dino`` (LOCATE), ``vit_base_patch8_224.dino``,
@@ -242,7 +191,6 @@ class ViTBackbone(nn.Module):
         weights: a local weight file (official DINO/DINOv2 ``.pth``, timm ``.pth``/``.safetensors``), ``"hub"`` to
             download through timm, or None/"" for random initialisation (tests, offline demo).
         descriptor: ``"key"`` (keys of the last attention block, LOCATE) or ``"token"`` (final normed tokens).
-        trainable: train the ViT too instead of freezing it.
         img_size: input side the position embedding is stored for (other multiples of the patch still work, by
             interpolation); None keeps the model's default.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``patch_size=8, embed_dim=32, depth=2`` for tests).
@@ -253,16 +201,12 @@ class ViTBackbone(nn.Module):
         name: str = "vit_small_patch16_224.dino",
         weights: str | Path | None = None,
         descriptor: str = "key",
-        trainable: bool = False,
         img_size: int | None = None,
-        appearance: float = 0.0,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
-        if not appearance >= 0:
-            raise ValueError(f"appearance must be a weight >= 0 (0 turns it off), got {appearance!r}")
         weights = str(weights) if weights else None
         kwargs: dict[str, Any] = {"num_classes": 0, "dynamic_img_size": True, **timm_kwargs}
         if img_size is not None:
@@ -292,28 +236,21 @@ class ViTBackbone(nn.Module):
 
         self.name = name
         self.descriptor = descriptor
-        self.trainable = trainable
         self.patch_size: int = int(patch[0])
         self.embed_dim: int = int(self.vit.embed_dim)
         self.num_heads: int = int(last.attn.num_heads)
         self.head_dim: int = int(last.attn.head_dim)
         self.num_prefix_tokens: int = int(self.vit.num_prefix_tokens)
-        self.appearance = float(appearance)
-        # The descriptor width: num_heads * head_dim for keys (equal to embed_dim in every DINO ViT), plus the
-        # appearance channels when they are on.
+        # The descriptor width: num_heads * head_dim for keys (equal to embed_dim in every DINO ViT).
         self.out_dim: int = self.num_heads * self.head_dim if descriptor == "key" else self.embed_dim
-        if self.appearance > 0:
-            self.out_dim += len(APPEARANCE_CHANNELS)
         self.default_grid: tuple[int, int] = tuple(int(g) for g in self.vit.patch_embed.grid_size)
-        if not trainable:
-            self.vit.requires_grad_(False)
-            self.vit.eval()
+        self.vit.requires_grad_(False)
+        self.vit.eval()
 
     def train(self, mode: bool = True) -> ViTBackbone:
-        """Set the training mode; a frozen ViT stays in eval mode (no dropout, no drop-path) regardless."""
+        """Set the training mode; the frozen ViT stays in eval mode (no dropout, no drop-path) regardless."""
         super().train(mode)
-        if not self.trainable:
-            self.vit.eval()
+        self.vit.eval()
         return self
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
@@ -326,43 +263,39 @@ class ViTBackbone(nn.Module):
             )
         return height // p, width // p
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> Features:
         """Run the ViT.
 
         Args:
             x: (B, 3, H, W) ImageNet-normalised images, H and W multiples of the patch size.
 
         Returns:
-            ``descriptors`` (B, D, h, w): last-block keys in timm's head-major channel order (channel = head * d_h
-            + d) or the final normed patch tokens, followed (``appearance > 0``) by the seven
-            :func:`patch_appearance` channels times ``appearance``; ``tokens`` (B, E, h, w): final normed patch tokens;
-            ``cls_attn`` (B, heads, h, w): the CLS query's attention over the patches in the last block, softmax
-            taken over all tokens (prefix tokens included) before the prefix columns are dropped.
+            :class:`Features`: ``descriptors`` (B, D, h, w), the last block's keys in timm's head-major channel
+            order (channel = head * d_h + d) or the final normed patch tokens; ``cls_attn`` (B, heads, h, w), the
+            CLS query's attention over the patches in the last block, softmax taken over all tokens (prefix tokens
+            included) before the prefix columns are dropped.
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
         h, w = self.grid_size(x.shape[-2], x.shape[-1])
         npt = self.num_prefix_tokens
-        attn = self.vit.blocks[-1].attn
-        grad = torch.enable_grad() if self.trainable else torch.no_grad()
-        with grad:
-            with _capture_input(attn) as captured:
-                out = self.vit.forward_features(x)  # (B, T, E), T = npt + h * w
-            if "x" not in captured:
-                raise RuntimeError("the last attention block did not run; cannot compute the CLS attention")
-            qkv = attn.qkv(captured["x"])  # (B, T, 3 * heads * d_h)
-            q, k = rearrange(qkv, "b t (three nh dh) -> three b nh t dh", three=3, nh=self.num_heads)[:2]
-            q, k = attn.q_norm(q), attn.k_norm(k)  # (B, nh, T, dh) each
-            q_cls = q[:, :, 0] * attn.scale  # (B, nh, dh)
-            logits = einsum(q_cls.float(), k.float(), "b nh dh, b nh t dh -> b nh t")
-            cls_attn = logits.softmax(dim=-1)[:, :, npt:]  # (B, nh, h*w)
-            cls_attn = rearrange(cls_attn, "b nh (h w) -> b nh h w", h=h, w=w)
-            tokens = rearrange(out[:, npt:], "b (h w) e -> b e h w", h=h, w=w)
-            if self.descriptor == "key":
-                descriptors = rearrange(k[:, :, npt:], "b nh (h w) dh -> b (nh dh) h w", h=h, w=w)
-            else:
-                descriptors = tokens
-            if self.appearance > 0:
-                stats = patch_appearance(x, self.patch_size) * self.appearance
-                descriptors = torch.cat([descriptors, stats.to(descriptors.dtype)], dim=1)
-        return {"descriptors": descriptors, "tokens": tokens, "cls_attn": cls_attn}
+        vit = self.vit
+        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # (B, T, E), T = npt + h * w
+        for block in vit.blocks[:-1]:
+            tokens = block(tokens)
+        last = vit.blocks[-1]
+        attn = last.attn
+        qkv = attn.qkv(last.norm1(tokens))  # (B, T, 3 * heads * d_h)
+        q, k = rearrange(qkv, "b t (three nh dh) -> three b nh t dh", three=3, nh=self.num_heads)[:2]
+        q, k = attn.q_norm(q), attn.k_norm(k)  # (B, nh, T, dh) each
+        q_cls = q[:, :, 0] * attn.scale  # (B, nh, dh)
+        logits = einsum(q_cls.float(), k.float(), "b nh dh, b nh t dh -> b nh t")
+        cls_attn = logits.softmax(dim=-1)[:, :, npt:]  # (B, nh, h*w)
+        cls_attn = rearrange(cls_attn, "b nh (h w) -> b nh h w", h=h, w=w)
+        if self.descriptor == "key":
+            descriptors = rearrange(k[:, :, npt:], "b nh (h w) dh -> b (nh dh) h w", h=h, w=w)
+        else:
+            out = vit.norm(last(tokens))  # (B, T, E)
+            descriptors = rearrange(out[:, npt:], "b (h w) e -> b e h w", h=h, w=w)
+        return Features(descriptors=descriptors, cls_attn=cls_attn)

@@ -1,14 +1,12 @@
 """Trainable heads on top of the frozen ViT: LOCATE's adapter and CAM heads, BiT-Align's attention pooling.
 
 - :class:`AffordanceAdapter` (``aff_proj``): the residual pre-norm MLP that LOCATE (Li et al., CVPR 2023) puts on the
-  patch descriptors, x + fc2(GELU(fc1(LayerNorm(x)))), D → 4D → D, shared by the exo- and egocentric views. Its
-  sub-module names (``norm``, ``fc1``, ``fc2``) are those of the published code, so its checkpoints load as they are.
+  patch descriptors, x + fc2(GELU(fc1(LayerNorm(x)))), D → 4D → D, shared by the exo- and egocentric views (BiT-Align's
+  published code drops the residual). Its sub-module names (``norm``, ``fc1``, ``fc2``) are those of the published
+  code, so its checkpoints load as they are.
 - :func:`conv_bn_relu` (``aff_exo_proj``/``aff_ego_proj``): [3×3 conv, BatchNorm, ReLU] × 2, indexed like LOCATE's
   ``nn.Sequential`` (0, 1, 3, 4); the kernel sizes are an option (ours: 1×1 scores each patch by its own look).
-- :func:`class_logits`: global average pooling of class activation maps (the 1×1 conv ``aff_fc`` makes them), or
-  (ours, an option) the mean of each map's top fraction of positions. GAP rewards a class for the *area* its map
-  covers, so a class whose objects are thin (a knife, scissors) can be predicted from how much background an image
-  has, and its map then lights up the background; top-k pooling scores a class by its strongest places only.
+- :class:`GlobalAveragePool`: class activation maps (the 1×1 conv ``aff_fc`` makes them) to logits, LOCATE's GAP.
 - :class:`AttentionPool2d`: CLIP's attention pooling (Radford et al., 2021) as BiT-Align uses it: the mean token is
   prepended as the query, a learned position embedding (interpolated to the grid) is added, and multi-head attention
   returns the pooled feature, the attended patch tokens and the mean query's attention over the patches.
@@ -23,9 +21,7 @@ from einops import einsum, rearrange
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-__all__ = ["POOLINGS", "AffordanceAdapter", "AttentionPool2d", "AttentionPoolOutput", "class_logits", "conv_bn_relu"]
-
-POOLINGS = ("gap", "topk")
+__all__ = ["AffordanceAdapter", "AttentionPool2d", "AttentionPoolOutput", "GlobalAveragePool", "conv_bn_relu"]
 
 
 class AffordanceAdapter(nn.Module):
@@ -34,11 +30,13 @@ class AffordanceAdapter(nn.Module):
     Args:
         dim: descriptor width D.
         hidden_ratio: hidden width as a multiple of D (LOCATE: 4).
-        norm: apply a LayerNorm before the MLP (LOCATE does; False gives a plain residual MLP).
+        norm: apply a LayerNorm before the MLP (LOCATE does; False gives a plain MLP).
+        residual: add the input to the MLP's output (LOCATE does; BiT-Align's published code does not).
     """
 
-    def __init__(self, dim: int, hidden_ratio: int = 4, norm: bool = True) -> None:
+    def __init__(self, dim: int, hidden_ratio: int = 4, norm: bool = True, residual: bool = True) -> None:
         super().__init__()
+        self.residual = residual
         hidden = int(dim * hidden_ratio)
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
         self.fc1 = nn.Linear(dim, hidden)
@@ -47,7 +45,8 @@ class AffordanceAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the adapter to tokens (..., D); returns the same shape."""
-        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+        out = self.fc2(self.act(self.fc1(self.norm(x))))
+        return x + out if self.residual else out
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the adapter to a channel-first grid (B, D, h, w); returns (B, D, h, w)."""
@@ -72,27 +71,11 @@ def conv_bn_relu(dim: int, kernel_sizes: tuple[int, ...] | list[int] = (3, 3)) -
     return nn.Sequential(*layers)
 
 
-def class_logits(cam: torch.Tensor, pooling: str = "gap", top: float = 0.2) -> torch.Tensor:
-    """Pool class activation maps (..., C, h, w) into logits (..., C).
+class GlobalAveragePool(nn.Module):
+    """LOCATE's logits: the spatial mean of every class activation map, (..., C, h, w) -> (..., C)."""
 
-    Args:
-        cam: the maps.
-        pooling: "gap" (global average, LOCATE and BiT-Align) or "topk" (mean of the ``top`` fraction of highest
-            positions of each map, at least one).
-        top: the fraction of positions averaged by "topk".
-
-    Returns:
-        (..., C) logits.
-    """
-    if pooling == "gap":
+    def forward(self, cam: torch.Tensor) -> torch.Tensor:
         return cam.mean(dim=(-2, -1))
-    if pooling != "topk":
-        raise ValueError(f"class_logits: pooling must be one of {POOLINGS}, got {pooling!r}")
-    if not 0 < top <= 1:
-        raise ValueError(f"class_logits: top must be a fraction in (0, 1], got {top}")
-    flat = cam.flatten(-2)
-    k = max(1, round(top * flat.shape[-1]))
-    return flat.topk(k, dim=-1).values.mean(dim=-1)
 
 
 @dataclass

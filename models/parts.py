@@ -17,190 +17,16 @@ the only Python loops run over k-means++ seeding steps (K of them) and Lloyd ite
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
+from torch import nn
 
-from models.losses import weighted_pool
+from models.kmeans import batched_kmeans
+from models.outputs import PartSelection
 from utils.maps import normalize_minmax
 
-__all__ = [
-    "ClassPatchBank",
-    "PartSelection",
-    "batched_kmeans",
-    "contrast_selection",
-    "kmeans_init_keys",
-    "mask_prototypes",
-    "part_iou_scores",
-    "select_part_prototypes",
-]
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PartSelection:
-    """What :func:`select_part_prototypes` found for each sample of a batch.
-
-    Attributes:
-        prototypes: (B, D) L2-normalised centroid of the selected part cluster; zeros where ``has_prototype`` is False.
-        has_prototype: (B,) bool, True when the sample had at least K selected patches and max score ≥ ``iou_thd``.
-        part_scores: (B, K) the PartIoU score p_k of every cluster (zeros for samples without clusters).
-        part_sim: (B, K, h, w) min-max normalised cosine-similarity maps of the centroids on the ego descriptors,
-            in [0, 1] (zeros for samples without clusters).
-        best: (B,) long, index of the highest-scoring cluster (0 for samples without clusters).
-        centroids: (B, K, D) raw (not normalised) k-means centroids, zeros for samples without clusters.
-    """
-
-    prototypes: torch.Tensor
-    has_prototype: torch.Tensor
-    part_scores: torch.Tensor
-    part_sim: torch.Tensor
-    best: torch.Tensor
-    centroids: torch.Tensor
-
-
-def kmeans_init_keys(num_points: int, step: int, seed: int) -> torch.Tensor:
-    """Exponential random keys for one k-means++ seeding step, identical for any batch layout.
-
-    Step ``j`` of the seeding uses a CPU generator seeded with ``seed + j`` and draws one uniform per point; point
-    ``i`` of a sample (its i-th *valid* point, in order) always gets the i-th draw. PyTorch's CPU generator fills a
-    tensor sequentially, so the first ``n`` draws of ``torch.rand(N)`` equal ``torch.rand(n)``: a per-sample
-    implementation that calls this with the sample's own number of points picks the same centroids as the batched one.
-
-    Args:
-        num_points: how many keys to draw.
-        step: seeding step (0 for the first centroid).
-        seed: base seed.
-
-    Returns:
-        (num_points,) float32 CPU tensor of Exp(1) variates, -log(1 - u), finite because u < 1.
-    """
-    gen = torch.Generator(device="cpu").manual_seed(int(seed) + int(step))
-    u = torch.rand(num_points, generator=gen, dtype=torch.float32)
-    return -torch.log1p(-u)
-
-
-def _sq_dists(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (B, N, k) between points x (B, N, D) and centroids c (B, k, D)."""
-    cross = einsum(x, c, "b n d, b k d -> b n k")
-    c_sq = c.square().sum(-1)  # (B, k)
-    return (x_sq.unsqueeze(-1) - 2.0 * cross + c_sq.unsqueeze(1)).clamp_min_(0.0)
-
-
-def _kmeanspp_init(x: torch.Tensor, x_sq: torch.Tensor, mask: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Seeded k-means++ seeding (Arthur & Vassilvitskii, 2007), batched, returns (B, k, D) centroids.
-
-    Sampling a point with probability ∝ w_i is done with the exponential race argmin_i E_i / w_i (E_i ~ Exp(1)), so
-    that the randomness is a fixed key per valid point (see :func:`kmeans_init_keys`) instead of a batch-dependent
-    draw. The first centroid uses w_i = 1. When every remaining weight is zero (duplicated points) the next centroid is
-    a uniformly chosen valid point not chosen yet.
-    """
-    b, n, _ = x.shape
-    rank = (mask.long().cumsum(dim=1) - 1).clamp_min(0)  # (B, N) index of each point among its sample's valid points
-    inf = torch.tensor(float("inf"), device=x.device)
-    chosen = torch.zeros(b, n, dtype=torch.bool, device=x.device)
-    centroids = []
-    min_d = None  # (B, N) squared distance to the nearest chosen centroid
-    batch_idx = torch.arange(b, device=x.device)
-    for step in range(k):
-        keys = kmeans_init_keys(n, step, seed).to(x.device)[rank]  # (B, N)
-        free = mask & ~chosen
-        uniform = torch.where(free, keys, inf)
-        if min_d is None:
-            score = uniform
-        else:
-            weighted = torch.where(free & (min_d > 0), keys / min_d, inf)
-            has_weight = torch.isfinite(weighted).any(dim=1, keepdim=True)  # (B, 1)
-            score = torch.where(has_weight, weighted, uniform)
-        idx = score.argmin(dim=1)  # (B,)
-        chosen[batch_idx, idx] = True
-        c = x[batch_idx, idx]  # (B, D)
-        centroids.append(c)
-        d = _sq_dists(x, x_sq, c.unsqueeze(1)).squeeze(-1)  # (B, N)
-        min_d = d if min_d is None else torch.minimum(min_d, d)
-    return torch.stack(centroids, dim=1)  # (B, k, D)
-
-
-def batched_kmeans(
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    k: int = 3,
-    iters: int = 300,
-    seed: int = 0,
-    tol: float = 1e-6,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Euclidean k-means on a padded batch of point sets, in float32, without gradients.
-
-    Each sample is clustered exactly as a per-sample implementation would: seeded k-means++ seeding that depends only
-    on ``seed`` and the sample's own valid points, then Lloyd iterations (assign to the nearest centroid, move each
-    centroid to the mean of its points; an empty cluster keeps its previous centroid). A sample stops (and is frozen)
-    when its assignment no longer changes or its centroids move by at most ``tol`` (max absolute coordinate change);
-    the loop ends when every sample has stopped or after ``iters`` iterations.
-
-    Args:
-        x: (B, N, D) points; any float dtype (cast to float32 inside, autocast disabled).
-        mask: (B, N) bool, True for real points, False for padding (padding never influences anything).
-        k: number of clusters.
-        iters: maximum number of Lloyd iterations.
-        seed: seed of the k-means++ seeding.
-        tol: per-sample stopping threshold on the centroid movement.
-
-    Returns:
-        centroids: (B, k, D) float32, zeros for invalid samples.
-        assign: (B, N) long cluster index of every valid point, -1 for padding and for invalid samples.
-        valid: (B,) bool, False for samples with fewer than k valid points.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"batched_kmeans: expected x of shape (B, N, D), got {tuple(x.shape)}")
-    if mask.shape != x.shape[:2]:
-        raise ValueError(f"batched_kmeans: expected mask of shape {tuple(x.shape[:2])} (B, N), got {tuple(mask.shape)}")
-    if k < 1 or iters < 0:
-        raise ValueError(f"batched_kmeans: expected k >= 1 and iters >= 0, got k={k}, iters={iters}")
-    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.detach().float()
-        mask = mask.to(device=x.device, dtype=torch.bool)
-        b, n, d = x.shape
-        valid = mask.sum(dim=1) >= k  # (B,)
-        if b == 0 or n == 0 or not bool(valid.any()):
-            return (
-                x.new_zeros(b, k, d),
-                torch.full((b, n), -1, dtype=torch.long, device=x.device),
-                valid,
-            )
-        # Padding is zeroed so that a NaN/inf in an unused slot cannot leak through the matmuls.
-        x = torch.where(mask.unsqueeze(-1), x, x.new_zeros(()))
-        x_sq = x.square().sum(-1)  # (B, N)
-        # Invalid samples run through the (per-sample) arithmetic with no points at all and are zeroed at the end;
-        # nothing crosses samples, so they cannot affect the valid ones.
-        work_mask = mask & valid.unsqueeze(1)
-
-        centroids = _kmeanspp_init(x, x_sq, work_mask, k, seed)  # (B, k, D)
-        assign = _sq_dists(x, x_sq, centroids).argmin(dim=-1)  # (B, N)
-        active = valid.clone()  # (B,) samples still iterating
-        weights = work_mask.float()  # (B, N)
-        it = 0
-        for it in range(1, iters + 1):  # noqa: B007 (it is logged after the loop)
-            one_hot = F.one_hot(assign, k).float() * weights.unsqueeze(-1)  # (B, N, k)
-            sums = einsum(one_hot, x, "b n k, b n d -> b k d")
-            counts = one_hot.sum(dim=1)  # (B, k)
-            moved = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1.0).unsqueeze(-1), centroids)
-            new_centroids = torch.where(active.view(b, 1, 1), moved, centroids)  # frozen samples keep theirs
-            new_assign = _sq_dists(x, x_sq, new_centroids).argmin(dim=-1)  # (B, N)
-            new_assign = torch.where(active.unsqueeze(1), new_assign, assign)
-            same = ((new_assign == assign) | ~work_mask).all(dim=1)  # (B,)
-            shift = (new_centroids - centroids).abs().flatten(1).amax(dim=1)  # (B,)
-            centroids, assign = new_centroids, new_assign
-            active = active & ~same & (shift > tol)
-            if not bool(active.any()):
-                break
-        logger.debug("batched_kmeans: %d samples, %d valid, stopped after %d iterations", b, int(valid.sum()), it)
-        centroids = torch.where(valid.view(b, 1, 1), centroids, centroids.new_zeros(()))
-        assign = torch.where(work_mask, assign, torch.full_like(assign, -1))
-        return centroids, assign, valid
+__all__ = ["PartIoUSelector", "PartSelector", "part_iou_scores", "select_part_prototypes"]
 
 
 def part_iou_scores(part_masks: torch.Tensor, saliency_mask: torch.Tensor) -> torch.Tensor:
@@ -314,137 +140,73 @@ def select_part_prototypes(
     )
 
 
-@torch.no_grad()
-def mask_prototypes(desc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The *true* part prototype of each image: its descriptors averaged inside a part mask, L2-normalised.
+class PartSelector(nn.Module):
+    """Chooses each sample's part prototype among the k-means clusters of its exocentric CAM region.
 
-    Only the synthetic world has part masks; this serves the ``oracle_prototypes`` diagnostic and
-    utils/tools/part_diagnostics.py, never the method.
-
-    Args:
-        desc: (B, D, h, w) descriptors (in the space the prototypes are compared in).
-        mask: (B, H, W) part masks in [0, 1] at image resolution; area-averaged to the (h, w) grid.
-
-    Returns:
-        ``(prototypes (B, D) float32, weights (B, h, w))``; a row whose mask misses the grid is zero.
-    """
-    h, w = desc.shape[-2:]
-    weights = F.adaptive_avg_pool2d(mask.to(desc.device).float().unsqueeze(1), (h, w)).squeeze(1)
-    with torch.autocast(device_type=desc.device.type, enabled=False):
-        return F.normalize(weighted_pool(desc.float(), weights), dim=-1), weights
-
-
-class ClassPatchBank:
-    """The patch descriptors of the last ``size`` egocentric images of every class, for :func:`contrast_selection`.
-
-    Descriptors are stored detached and L2-normalised per patch, as (D, h·w) tensors on the device they came from.
-    The bank is working memory of the training loop, not a parameter: it is not saved in checkpoints and refills in
-    the first steps after a resume (until a class has an image, its samples keep the PartIoU choice).
-
-    Args:
-        num_classes: C.
-        size: images kept per class (the oldest is dropped first).
+    One call per training (or validation) step; implementations may keep state (registered buffers), updated only in
+    training mode.
     """
 
-    def __init__(self, num_classes: int, size: int) -> None:
-        if num_classes < 1 or size < 1:
-            raise ValueError(f"ClassPatchBank: expected num_classes >= 1 and size >= 1, got {num_classes}, {size}")
-        self.num_classes = num_classes
-        self.size = size
-        self.items: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self.items)
-
-    def clear(self) -> None:
-        self.items = [[] for _ in range(self.num_classes)]
-
-    @torch.no_grad()
-    def add(self, desc: torch.Tensor, labels: torch.Tensor) -> None:
-        """Store every image of a batch: ``desc`` (B, D, h, w), ``labels`` (B,) int64."""
-        flat = F.normalize(desc.detach().float().flatten(2), dim=1)  # (B, D, hw)
-        for j, c in enumerate(labels.tolist()):
-            bank = self.items[int(c)]
-            bank.append(flat[j])
-            if len(bank) > self.size:
-                bank.pop(0)
-
-    @torch.no_grad()
-    def presence(self, protos: torch.Tensor, topk: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-        """How visible each candidate is in each class's stored images.
+    def forward(
+        self,
+        exo_desc: torch.Tensor,
+        exo_cam: torch.Tensor,
+        ego_desc: torch.Tensor,
+        ego_saliency: torch.Tensor,
+        labels: torch.Tensor,
+        batch: dict,
+    ) -> PartSelection:
+        """Select the prototypes.
 
         Args:
-            protos: (B, K, D) L2-normalised candidate prototypes.
-            topk: the presence of a candidate in one image is the mean of its ``topk`` highest patch cosines.
-
-        Returns:
-            ``(presence, known)``: (B, C, K) float32, a candidate's presence averaged over the class's images (0 for
-            classes without images), and (C,) bool, the classes that have images.
+            exo_desc: (b, n, D, h, w) exocentric descriptors (in the prototype space).
+            exo_cam: (b, n, h, w) raw exocentric CAMs of each sample's label (``gt_aff_cam``).
+            ego_desc: (b, D, h, w) egocentric descriptors (in the prototype space).
+            ego_saliency: (b, h, w) egocentric saliency in [0, 1].
+            labels: (b,) long affordance labels.
+            batch: the training batch (for selectors that read more of it).
         """
-        b, k, _ = protos.shape
-        out = protos.new_zeros(b, self.num_classes, k, dtype=torch.float32)
-        known = torch.zeros(self.num_classes, dtype=torch.bool, device=protos.device)
-        for c, stored in enumerate(self.items):
-            if not stored:
-                continue
-            shapes = {t.shape for t in stored}
-            groups = [torch.stack(stored)] if len(shapes) == 1 else [t.unsqueeze(0) for t in stored]
-            per_image = []
-            for g in groups:  # (m, D, hw)
-                cos = einsum(protos.float(), g.to(protos.device), "b k d, m d n -> b m k n")
-                per_image.append(cos.topk(min(topk, cos.shape[-1]), dim=-1).values.mean(dim=-1))  # (b, m, K)
-            out[:, c] = torch.cat(per_image, dim=1).mean(dim=1)
-            known[c] = True
-        return out, known
+        raise NotImplementedError
 
 
-@torch.no_grad()
-def contrast_selection(
-    parts: PartSelection, presence: torch.Tensor, known: torch.Tensor, labels: torch.Tensor, weight: float = 0.5
-) -> PartSelection:
-    """Choose each sample's part by how much more visible it is in its own class than in any other class (ours).
-
-    PartIoU keeps the cluster that overlaps the egocentric saliency most, which is the whole object, or the
-    background, as often as the part. This rule scores cluster k of a sample of class a by
-
-        presence_a(k) − weight · max_{c ≠ a} presence_c(k),
-
-    with presence from :meth:`ClassPatchBank.presence`: the background is present in every class's images and the
-    food of "cut_with" or the person in none, so both score about 0 or below, while the blade, found on the objects
-    of "cut_with" and on few others, scores high. A sample gets a prototype when its best score is above 0.
+class PartIoUSelector(PartSelector):
+    """LOCATE's rule (CVPR 2023, §3.2): k-means of the exocentric CAM region, the cluster with the best PartIoU.
 
     Args:
-        parts: the PartIoU selection (its ``centroids`` are the candidates).
-        presence: (B, C, K) from :meth:`ClassPatchBank.presence` of the normalised centroids.
-        known: (C,) bool, the classes the bank has images of.
-        labels: (B,) int64 class of each sample.
-        weight: how much a candidate's presence in the other classes counts against it.
-
-    Returns:
-        A new :class:`PartSelection`: ``best``, ``has_prototype``, ``prototypes`` and (for the samples it chose)
-        ``part_scores`` come from this rule; samples whose class the bank has no image of, or that have no
-        clusters, keep PartIoU's.
+        cam_thd: normalised exocentric CAM threshold selecting the clustered patches (LOCATE 0.6).
+        iou_thd: minimum PartIoU score for a part prototype (LOCATE 0.6).
+        num_parts: K, the clusters per sample (LOCATE 3).
+        kmeans_iters: maximum Lloyd iterations (LOCATE 300).
+        seed: seed of the k-means++ seeding.
     """
-    b, c, _ = presence.shape
-    rows = torch.arange(b, device=presence.device)
-    own = presence[rows, labels]  # (B, K)
-    is_other = known.view(1, c).expand(b, c).clone()
-    is_other[rows, labels] = False
-    others = presence.masked_fill(~is_other.unsqueeze(-1), float("-inf")).max(dim=1).values  # (B, K)
-    others = torch.where(torch.isfinite(others), others, torch.zeros_like(others))
-    score = own - weight * others
-    valid = parts.centroids.abs().sum(dim=(1, 2)) > 0
-    usable = valid & known[labels]
-    top, choice = score.max(dim=1)
-    best = torch.where(usable, choice, parts.best)
-    has = torch.where(usable, top > 0, parts.has_prototype)
-    protos = F.normalize(parts.centroids, dim=-1)
-    chosen = protos[rows, best]
-    return PartSelection(
-        prototypes=torch.where(has.unsqueeze(1), chosen, chosen.new_zeros(())),
-        has_prototype=has,
-        part_scores=torch.where(usable.unsqueeze(1), score, parts.part_scores),
-        part_sim=parts.part_sim,
-        best=best,
-        centroids=parts.centroids,
-    )
+
+    def __init__(
+        self, cam_thd: float = 0.6, iou_thd: float = 0.6, num_parts: int = 3, kmeans_iters: int = 300, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.cam_thd, self.iou_thd = float(cam_thd), float(iou_thd)
+        self.num_parts, self.kmeans_iters, self.seed = int(num_parts), int(kmeans_iters), int(seed)
+
+    def forward(
+        self,
+        exo_desc: torch.Tensor,
+        exo_cam: torch.Tensor,
+        ego_desc: torch.Tensor,
+        ego_saliency: torch.Tensor,
+        labels: torch.Tensor,
+        batch: dict,
+    ) -> PartSelection:
+        return select_part_prototypes(
+            exo_desc,
+            exo_cam,
+            ego_desc,
+            ego_saliency,
+            cam_thd=self.cam_thd,
+            iou_thd=self.iou_thd,
+            k=self.num_parts,
+            iters=self.kmeans_iters,
+            seed=self.seed,
+        )
+
+    def extra_repr(self) -> str:
+        return f"cam_thd={self.cam_thd}, iou_thd={self.iou_thd}, num_parts={self.num_parts}, seed={self.seed}"

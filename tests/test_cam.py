@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 from models.backbone import ViTBackbone
-from models.grounder import Grounder, build_model
+from models.build import build_model
+from models.grounder import Grounder
 from utils.config import config_from_dict
 from utils.maps import normalize_minmax
 from utils.viz.cam import (

@@ -140,7 +140,7 @@ def test_shape_mismatch_is_an_error() -> None:
 
 # ----------------------------------------------------------------------------- the published formulas, to 1e-6
 def _published_kld(pred: np.ndarray, gt: np.ndarray, eps: float = 1e-12) -> float:
-    # Cross-View-AG / LOCATE utils/evaluation/evaluate.py cal_kl, re-typed from the formula.
+    # Cross-View-AG / LOCATE utils/evaluation.py cal_kl, re-typed from the formula.
     p, g = pred / (pred.sum() + eps), gt / (gt.sum() + eps)
     return float(np.sum(g * np.log(g / (p + eps) + eps)))
 

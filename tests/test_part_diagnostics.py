@@ -139,7 +139,7 @@ def test_map_placement_splits_the_mass_into_part_rest_and_background() -> None:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datasets.agd20k import load_class_names
     from datasets.synthetic import ensure_world
-    from models.grounder import build_model
+    from models.build import build_model
     from utils.config import load_config
     from utils.engine.checkpoint import save_checkpoint
 

@@ -27,7 +27,7 @@ import torch
 import train
 from datasets.agd20k import AGD20KTrain
 from datasets.synthetic import ensure_world
-from models.grounder import build_model
+from models.build import build_model
 from utils.config import ConfigError, load_config
 from utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.evaluation.metrics import compute_metrics, prepare_prediction

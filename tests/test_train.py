@@ -16,7 +16,8 @@ import train
 import utils.engine.checkpoint as ckpt_mod
 import utils.engine.trainer as trainer_mod
 from datasets.synthetic import ensure_world
-from models.grounder import Grounder, build_model
+from models.build import build_model
+from models.grounder import Grounder
 from utils.config import load_config
 from utils.engine.checkpoint import (
     CheckpointError,

@@ -485,7 +485,7 @@ def build_model_from_checkpoint(
     Returns:
         ``(model in eval mode on device, configuration, class names)``.
     """
-    from models.grounder import build_model  # local: checkpoint I/O must not need the model code
+    from models.build import build_model  # local: checkpoint I/O must not need the model code
 
     ckpt = load_checkpoint(path)
     cfg = apply_overrides(ckpt["config"], overrides)

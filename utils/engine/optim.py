@@ -111,8 +111,7 @@ def param_groups(
     ]
     if not groups:
         raise ValueError(
-            "the model has no trainable parameter (every requires_grad is False); check model.backbone.trainable "
-            "and that the heads were built"
+            "the model has no trainable parameter (every requires_grad is False); check that the heads were built"
         )
     return groups
 

@@ -1,16 +1,21 @@
-"""Run folders: which folder a --resume continues, and when an evaluation is due."""
+"""Run folders: a new run's folder, the folder a --resume continues, finished splits, when to evaluate."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from utils.config import SPLITS, Config
 
 __all__ = [
     "eval_due",
+    "new_run_dir",
     "resume_run_dir",
+    "split_finished",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,3 +49,28 @@ def resume_run_dir(spec: str | None, cfg: Config, splits: Sequence[str], runs_ro
 def eval_due(epoch: int, epochs: int, every: int) -> bool:
     """Evaluate after 0-based ``epoch``: every ``every`` epochs, and always after the last."""
     return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
+
+
+def new_run_dir(cfg: Any, runs_root: Path = Path("runs")) -> Path:
+    """``output.dir``, or a new ``runs/<output.name>-<YYYYmmdd-HHMMSS>`` folder (suffixed if it exists)."""
+    if cfg.output.dir:
+        return Path(cfg.output.dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = runs_root / f"{cfg.output.name}-{stamp}"
+    i = 1
+    while run.exists():  # two runs started in the same second
+        run = runs_root / f"{cfg.output.name}-{stamp}-{i}"
+        i += 1
+    return run
+
+
+def split_finished(split_dir: Path, epochs: int) -> bool:
+    """True when ``split_dir`` holds the report of a run trained for at least ``epochs`` epochs."""
+    path = split_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        done = json.loads(path.read_text())["model"]["last_epoch"]["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+    return int(done) >= epochs

@@ -1,7 +1,7 @@
-"""The pieces of the training loop that train.py puts together: loaders, one epoch, evaluation, logs, resume.
+"""One training epoch: forward, criterion, backward, optimiser step, with logs, pictures and a finite-loss check.
 
-Every function here takes what it needs as arguments (no global state), so that a notebook can call
-:func:`train_one_epoch` on its own model and loader. Rank 0 alone writes files; the callers guard that.
+:func:`train_one_epoch` takes what it needs as arguments (no global state), so that a notebook can call it on its
+own model, criterion and loader. Rank 0 alone writes files; the callers guard that.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.criterion import LOSS_TERMS, Criterion
 from utils.config import Config
 from utils.engine.distributed import all_reduce_mean, is_distributed, unwrap_model
 from utils.engine.loader import move_batch
@@ -25,22 +26,15 @@ from utils.engine.optim import current_lr
 from utils.engine.runtime import amp_context
 
 __all__ = [
-    "LOSS_TERMS",
     "NonFiniteLossError",
     "train_one_epoch",
 ]
 
 logger = logging.getLogger(__name__)
 
-LOSS_TERMS: tuple[str, ...] = ("ce_ego", "ce_exo", "proto", "conc", "contra", "sep", "border", "total")
-"""The loss terms of ``Grounder.forward(...)["losses"]``, in log order."""
-
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stopped before the optimiser step (nothing was saved)."""
-
-
-# ------------------------------------------------------------------------------------------------- data
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
@@ -64,6 +58,7 @@ def _check_finite(values: dict[str, float], epoch: int, step: int, global_step: 
 
 def train_one_epoch(
     model: nn.Module,
+    criterion: Criterion,
     loader: Iterable[Mapping[str, Any]],
     optimizer: torch.optim.Optimizer,
     epoch: int,
@@ -81,10 +76,11 @@ def train_one_epoch(
     """Train ``model`` for one epoch (at most ``cfg.train.max_steps_per_epoch`` steps).
 
     Args:
-        model: the grounder (or its DDP wrapper); ``model(batch, epoch=epoch)`` returns outputs with ``losses``.
+        model: the grounder (or its DDP wrapper); ``model(batch)`` returns a :class:`models.outputs.GrounderOutput`.
+        criterion: turns the output into the loss terms (``criterion(out, epoch)``).
         loader: the training loader (its epoch already set with :func:`set_loader_epoch`).
         optimizer: the optimiser.
-        epoch: 0-based epoch, passed to the model (the prototype loss starts after its warm-up).
+        epoch: 0-based epoch, passed to the criterion (the prototype loss starts after its warm-up).
         device: where the batches go.
         cfg: the configuration (``train.grad_clip``, ``train.log_every``, ``viz.every``, ``viz.num``, ...).
         amp_dtype: autocast dtype around the forward (None: fp32), from ``utils.engine.runtime.resolve_amp_dtype``.
@@ -126,8 +122,8 @@ def train_one_epoch(
             break
         batch = move_batch(batch, device)
         with amp_context(device, amp_dtype):
-            out = model(batch, epoch=epoch)
-        losses = out["losses"]
+            out = model(batch)
+            losses = criterion(out, epoch)
         values = {k: float(v.detach().float()) for k, v in losses.items()}
         _check_finite(values, epoch, step, global_step, device)
 
@@ -138,14 +134,12 @@ def train_one_epoch(
         optimizer.step()
         global_step += 1
 
-        label = batch["label"].view(-1)
-        b = label.shape[0]
-        n = batch["exo"].shape[1]
+        label = out.label
+        b, n = out.gt_aff_cam.shape[:2]
         with torch.no_grad():
-            values["acc_ego"] = float((out["logits_ego"].argmax(-1) == label).float().mean())
-            values["acc_exo"] = float((out["logits_exo"].argmax(-1) == label[:, None]).float().mean())
-            if out.get("has_prototype") is not None:
-                values["proto_rate"] = float(out["has_prototype"].float().mean())
+            values["acc_ego"] = float((out.logits_ego.argmax(-1) == label).float().mean())
+            values["acc_exo"] = float((out.logits_exo.argmax(-1) == label[:, None]).float().mean())
+            values["proto_rate"] = float(out.parts.has_prototype.float().mean())
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         samples += b
@@ -195,9 +189,3 @@ def train_one_epoch(
     stats["samples_per_s"] *= world
     stats.update(lr=lr, epoch_time=elapsed, steps=steps)
     return stats
-
-
-# ------------------------------------------------------------------------------------------------- outputs
-
-
-# ---------------------------------------------------------------------------------------------- evaluation

@@ -96,12 +96,14 @@ def run_benchmark(
     num_classes: int = 36,
 ) -> dict[str, float]:
     """Measure one precision setting; returns rates (per second), seconds and memory in MiB."""
-    from models.grounder import build_model
+    from models.build import build_model
+    from models.criterion import build_criterion
     from utils.evaluation.metrics import kld, nss, prepare_prediction, sim
 
     torch.manual_seed(0)
     class_names = [f"affordance_{i}" for i in range(num_classes)]
     model = build_model(cfg, class_names).to(device)
+    criterion = build_criterion(cfg.loss)
     s, n = cfg.data.image_size, cfg.data.num_exo
     ego = torch.randn(batch_size, 3, s, s, device=device)
     exo = torch.randn(batch_size, n, 3, s, s, device=device)
@@ -120,15 +122,15 @@ def run_benchmark(
     def train_step() -> None:
         model.train()
         with amp_context(device, dtype):
-            out = model({"exo": exo, "ego": ego, "label": labels}, epoch=1)
+            losses = criterion(model({"exo": exo, "ego": ego, "label": labels}), epoch=1)
         opt.zero_grad(set_to_none=True)
-        out["losses"]["total"].backward()
+        losses["total"].backward()
         opt.step()
 
     def inference() -> torch.Tensor:
         model.eval()
         with torch.no_grad(), amp_context(device, dtype):
-            return model.predict(ego, labels)["maps"]
+            return model.predict(ego, labels).maps
 
     def evaluation() -> None:
         maps = inference()

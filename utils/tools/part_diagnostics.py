@@ -39,7 +39,7 @@ from einops import einsum
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.parts import mask_prototypes
+from models.extensions.oracle import mask_prototypes
 from utils.maps import normalize_mass
 
 __all__ = ["main", "map_placement", "object_auc", "prototype_selection"]
@@ -66,8 +66,8 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
     """Per-affordance statistics of the model's part-prototype selection against the true prototypes.
 
     Args:
-        model: a :class:`models.grounder.Grounder` (run in eval mode: batch norm and the descriptor mean are frozen).
-            With ``part_selection='contrast'`` and an empty bank, the first batch only fills the bank.
+        model: a :class:`models.grounder.Grounder`, run in eval mode: batch norm, the descriptor mean and the
+            class-contrast bank stay as the checkpoint holds them.
         loader: training batches with ``ego_part_mask`` (``AGD20KTrain(with_part_masks=True)``).
         max_batches: stop after this many batches.
         progress: show a progress bar.
@@ -80,31 +80,25 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
     model.eval()
     device = next(model.parameters()).device
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    num_parts = 0
     try:
         for i, batch in enumerate(tqdm(loader, total=max_batches, desc="prototypes", disable=not progress)):
             if i >= max_batches:
                 break
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            bank = getattr(model, "part_bank", None)
-            if bank is not None and len(bank) == 0:
-                # part_selection="contrast" chooses with a bank of recent egocentric images, which a checkpoint does
-                # not store: the first batch only fills it (unmeasured, so no sample is scored against itself).
-                model(batch, epoch=0)
-                continue
-            out = model(batch, epoch=0)
-            ego_desc = model.backbone(batch["ego"])["descriptors"]
-            _, ego_desc = model._proto_space(ego_desc, ego_desc)  # eval mode: the running mean is not updated
-            true_proto, part = mask_prototypes(ego_desc, batch["ego_part_mask"])  # (b, D), (b, h, w)
-            centroids = out["part_centroids"].float()  # (b, K, D)
+            out = model(batch)
+            true_proto, part = mask_prototypes(out.ego_proto_desc, batch["ego_part_mask"])  # (b, D), (b, h, w)
+            centroids = out.parts.centroids.float()  # (b, K, D)
+            num_parts = centroids.shape[1]
             valid = centroids.abs().sum(dim=(1, 2)) > 0
             cos = einsum(F.normalize(centroids, dim=-1), true_proto, "b k d, b d -> b k")  # (b, K)
-            chosen = out["part_best"]
+            chosen = out.parts.best
             for j in range(cos.shape[0]):
                 if not bool(valid[j]) or float(part[j].sum()) == 0:
                     continue
                 name = model.class_names[int(batch["label"][j])]
                 r = rows[name]
-                r["has_prototype"].append(float(out["has_prototype"][j]))
+                r["has_prototype"].append(float(out.parts.has_prototype[j]))
                 r["chosen_is_nearest"].append(float(int(chosen[j]) == int(cos[j].argmax())))
                 r["chosen_cos"].append(float(cos[j, chosen[j]]))
                 r["random_cos"].append(float(cos[j].mean()))
@@ -112,7 +106,7 @@ def prototype_selection(model: Any, loader: DataLoader, max_batches: int, progre
     finally:
         model.train(was_training)
     keys = ("has_prototype", "chosen_is_nearest", "chosen_cos", "random_cos", "best_cos")
-    return {"num_parts": model.num_parts, **_summarise(rows, keys)}
+    return {"num_parts": num_parts, **_summarise(rows, keys)}
 
 
 @torch.no_grad()
@@ -136,15 +130,15 @@ def map_placement(model: Any, test_set: Any, batch_size: int = 32, progress: boo
         part, obj = batch["part_mask"].to(device).float(), batch["object_mask"].to(device).float()
         size = tuple(part.shape[-2:])
         out = model.predict(batch["image"].to(device), batch["label"].to(device), output_size=size)
-        maps = out["maps"].float()
+        maps = out.maps.float()
         mass = normalize_mass(maps)
         rest = (obj - part).clamp_min(0)
         shares = {
             "part": (mass * part).sum(dim=(-2, -1)),
             "object_rest": (mass * rest).sum(dim=(-2, -1)),
             "background": (mass * (1 - obj)).sum(dim=(-2, -1)),
-            "saliency_auc": object_auc(_upsample(out["saliency"], size), obj),
-            "objectness_auc": object_auc(_upsample(torch.logsumexp(out["ego_pred"].float(), dim=1), size), obj),
+            "saliency_auc": object_auc(_upsample(out.saliency, size), obj),
+            "objectness_auc": object_auc(_upsample(torch.logsumexp(out.ego_pred.float(), dim=1), size), obj),
         }
         for j, name in enumerate(batch["affordance"]):
             for k, v in shares.items():

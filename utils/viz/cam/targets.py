@@ -57,7 +57,7 @@ class AffordanceTarget:
 class GrounderForCAM(nn.Module):
     """Our grounder as an image classifier ``images (b, 3, H, W) -> ego logits (b, C)`` for ``pytorch_grad_cam``.
 
-    It calls ``Grounder.predict(images, labels)["logits"]`` with autograd on: a ``torch.no_grad`` decorator on
+    It calls ``Grounder.predict(images, labels).logits`` with autograd on: a ``torch.no_grad`` decorator on
     ``predict`` is bypassed (``inspect.unwrap``), because gradient CAMs need gradients. Layers of a frozen
     backbone still get gradients since :func:`explain` makes the input require them.
 
@@ -92,7 +92,7 @@ class GrounderForCAM(nn.Module):
         labels = self._labels_for(images.shape[0])
         with torch.enable_grad():
             out = predict(self.grounder, images, labels) if labels is not None else predict(self.grounder, images)
-        logits = out["logits"]
+        logits = out.logits
         if torch.is_grad_enabled() and not logits.requires_grad and images.requires_grad:
             raise RuntimeError(
                 "GrounderForCAM: Grounder.predict returned logits without a gradient (it runs under no_grad or "
