@@ -21,6 +21,7 @@ from datasets.synthetic import (
     generate_world,
     world_layout,
 )
+from datasets.synthetic.render import _render_job
 
 TINY = dict(image_size=48, exo_per_folder=2, ego_per_folder=2, test_per_folder=2, progress=False)
 
@@ -46,8 +47,8 @@ def test_same_seed_same_bytes_whatever_the_workers_different_seed_different(tmp_
     # another seed: every file set differs (rendered in memory; writing a third world costs only disk time)
     for aff, obj in world_layout().seen_pairs:
         for kind in ("exo", "ego", "test"):
-            x = synthetic._render_job((kind, aff, obj, 0, 3, 32))
-            y = synthetic._render_job((kind, aff, obj, 0, 4, 32))
+            x = _render_job((kind, aff, obj, 0, 3, 32))
+            y = _render_job((kind, aff, obj, 0, 4, 32))
             assert all(x[k] != y[k] for k in x)
 
 
@@ -133,7 +134,7 @@ def test_part_types_are_recognisable_across_objects():
     palette = {t: (np.asarray(p.color, float) + np.asarray(p.color2, float)) / 2 for t, p in PART_TYPES.items()}
     hits = total = 0
     for aff, obj in world_layout().seen_pairs:
-        data = synthetic._render_job(("test", aff, obj, 0, 0, 96))
+        data = _render_job(("test", aff, obj, 0, 0, 96))
         img = cv2.cvtColor(cv2.imdecode(np.frombuffer(data["image"], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         part = cv2.imdecode(np.frombuffer(data["part"], np.uint8), cv2.IMREAD_GRAYSCALE)
         inner = cv2.erode(part, np.ones((3, 3), np.uint8)) > 0  # skip the dark outline
@@ -158,7 +159,7 @@ def test_ensure_world_reuses_regenerates_and_refuses(tmp_path, monkeypatch):
         (Path(out) / PARTIAL_NAME).unlink(missing_ok=True)
         return Path(out)
 
-    monkeypatch.setattr(synthetic, "generate_world", fake_generate)
+    monkeypatch.setattr(synthetic.generate, "generate_world", fake_generate)
     ensure_world(root, seed=0, **kw)
     assert calls == []  # complete world with the same parameters: nothing to do
     ensure_world(root, seed=1, **kw)
