@@ -22,6 +22,7 @@ __all__ = [
     "center_resize",
     "decode_image",
     "denormalize",
+    "image_file_problem",
     "is_image_file",
     "normalize",
     "random_crop",
@@ -45,9 +46,10 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 # A JPEG whose end-of-image marker is missing from its last bytes was cut short. OpenCV 5 refuses most of those,
-# older builds return a half-grey picture with only a console warning, so we check the marker ourselves.
-# A little trailing junk after the marker (some cameras add padding) is tolerated.
+# older builds return a half-grey picture with only a console warning, so we check the marker ourselves (and
+# the IEND chunk of a PNG). A little trailing junk after the marker (some cameras add padding) is tolerated.
 _JPEG_TAIL_SLACK = 1024
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -63,13 +65,47 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
+def _truncation(head: bytes, tail: bytes) -> str | None:
+    """Why a file whose first bytes are ``head`` and last bytes ``tail`` is cut short, or None if it looks whole.
+
+    ``tail`` must hold at least the last ``_JPEG_TAIL_SLACK + 12`` bytes (or the whole file if shorter). Formats
+    other than JPEG and PNG are not checked.
+    """
+    if head[:2] == b"\xff\xd8":  # JPEG start-of-image
+        eoi = tail.rfind(b"\xff\xd9")
+        if eoi < 0 or eoi < len(tail) - 2 - _JPEG_TAIL_SLACK:
+            return "truncated JPEG (no end-of-image marker)"
+    elif head[:8] == _PNG_SIGNATURE and b"IEND" not in tail[-(12 + _JPEG_TAIL_SLACK) :]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
 def _check_not_truncated(data: bytes, path: str | os.PathLike) -> None:
-    if data[:2] == b"\xff\xd8":  # JPEG start-of-image
-        eoi = data.rfind(b"\xff\xd9")
-        if eoi < 0 or eoi < len(data) - 2 - _JPEG_TAIL_SLACK:
-            raise ValueError(
-                f"Could not decode '{path}': truncated JPEG (no end-of-image marker). Re-download or delete the file."
-            )
+    reason = _truncation(data[:8], data[-(12 + _JPEG_TAIL_SLACK) :])
+    if reason is not None:
+        raise ValueError(f"Could not decode '{path}': {reason}. Re-download or delete the file.")
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """A cheap structural check of an image file, without decoding it: None if it looks whole, else the reason.
+
+    Reads the first and last bytes only: the file must exist, be non-empty and, for JPEG and PNG, end with the
+    container's closing marker (JPEG end-of-image, PNG IEND). A file that passes can still fail to decode (a
+    corrupt middle); one that fails would crash or silently half-decode.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(max(0, size - 12 - _JPEG_TAIL_SLACK))
+            tail = fh.read()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    return _truncation(head, tail)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from datasets.images import (
     IMAGENET_STD,
     decode_image,
     denormalize,
+    image_file_problem,
     is_image_file,
     normalize,
     random_crop,
@@ -88,6 +89,26 @@ def test_truncated_jpeg_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.jpg"):
         read_image(tmp_path / "cut.jpg")
     assert decode_image(data).shape == (64, 64, 3)  # the whole file is fine
+
+
+def test_image_file_problem_finds_cut_files_without_decoding(tmp_path):
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)
+    jpg, png = cv2.imencode(".jpg", img)[1].tobytes(), cv2.imencode(".png", img)[1].tobytes()
+    (tmp_path / "ok.jpg").write_bytes(jpg)
+    (tmp_path / "ok.png").write_bytes(png)
+    (tmp_path / "padded.jpg").write_bytes(jpg + b"\x00" * 100)  # camera padding after the marker is fine
+    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (tmp_path / "cut.png").write_bytes(png[: len(png) - 20])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert image_file_problem(tmp_path / "ok.jpg") is None and image_file_problem(tmp_path / "ok.png") is None
+    assert image_file_problem(tmp_path / "padded.jpg") is None
+    assert image_file_problem(tmp_path / "cut.jpg") == "truncated JPEG (no end-of-image marker)"
+    assert image_file_problem(tmp_path / "cut.png") == "truncated PNG (no IEND chunk)"
+    assert image_file_problem(tmp_path / "empty.jpg") == "empty file"
+    assert image_file_problem(tmp_path / "gone.jpg") == "missing"
+    with pytest.raises(ValueError, match=r"cut\.png.*truncated PNG"):
+        read_image(tmp_path / "cut.png")
 
 
 def test_read_gt_and_mask(tmp_path):

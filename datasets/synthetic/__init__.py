@@ -15,12 +15,13 @@ Determinism: every image comes from its own ``numpy`` generator seeded with (see
 index), so the same seed gives byte-identical files whatever the number of worker processes.
 
 Modules: ``world`` (part types, objects, splits), ``draw`` (drawing primitives), ``render`` (one sample),
-``files`` (what goes where), ``describe`` (README.txt, contact sheet), ``generate`` (``generate_world``,
-``ensure_world``), ``cli`` (``python -m datasets.synthetic``).
+``files`` (what goes where), ``folder`` (what a folder holds: ours, damaged, foreign), ``describe`` (README.txt,
+contact sheet), ``generate`` (``generate_world``, ``ensure_world``), ``cli`` (``python -m datasets.synthetic``).
 """
 
 from datasets.synthetic.cli import main
-from datasets.synthetic.files import MARKER_NAME, PARTIAL_NAME
+from datasets.synthetic.files import MANIFEST_NAME, MARKER_NAME, PARTIAL_NAME
+from datasets.synthetic.folder import DamagedWorldError, ForeignFilesError, WorldFolderError
 from datasets.synthetic.generate import ensure_world, generate_world
 from datasets.synthetic.render import render_ego, render_exo
 from datasets.synthetic.world import (
@@ -36,11 +37,15 @@ from datasets.synthetic.world import (
 __all__ = [
     "AFFORDANCE_PART",
     "HELD_OUT_OBJECTS",
+    "MANIFEST_NAME",
     "MARKER_NAME",
     "OBJECT_SPECS",
     "PARTIAL_NAME",
     "PART_TYPES",
     "TOOL_TARGETS",
+    "DamagedWorldError",
+    "ForeignFilesError",
+    "WorldFolderError",
     "WorldLayout",
     "ensure_world",
     "generate_world",

@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from datasets.synthetic.generate import ensure_world, generate_world
+from datasets.synthetic.folder import WorldFolderError
+from datasets.synthetic.generate import ensure_world
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,7 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ego", type=int, default=8, help="egocentric train images per folder")
     parser.add_argument("--test", type=int, default=6, help="egocentric test images (with GT) per folder")
     parser.add_argument("--workers", type=int, default=0, help="render processes (0: in this process)")
-    parser.add_argument("--force", action="store_true", help="regenerate even if a matching world exists")
+    parser.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="write the world again even if a complete or damaged one with these parameters is there (files that "
+        "the generator did not write are never touched)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = dict(
@@ -34,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
     )
     try:
-        root = generate_world(args.out, **kwargs) if args.force else ensure_world(args.out, **kwargs)
-    except (FileExistsError, ValueError) as err:
+        root = ensure_world(args.out, regenerate=args.regenerate, **kwargs)
+    except (WorldFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"synthetic world ready at {root} (contact sheet: {root / 'contact_sheet.png'})")

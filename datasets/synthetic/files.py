@@ -9,6 +9,7 @@ from datasets.synthetic.world import WorldLayout
 WORLD_VERSION = 2  # 2: part masks of the egocentric training images (masks/train_part/)
 MARKER_NAME = ".synthetic_world.json"  # written last: its presence means "complete world with these parameters"
 PARTIAL_NAME = ".synthetic_world.partial"  # written first: lets a rerun clean up an interrupted generation
+MANIFEST_NAME = ".synthetic_world.manifest.json"  # written before the marker: every file's path and size
 ROOT_FILES = ("classes.json", "README.txt", "contact_sheet.png")  # written into the root after the images
 
 #: One rendered file set: (kind, affordance, object, index, seed, image size); kind is exo | ego | test.
