@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.agd20k.layout import SUBSETS, _check_layout, _class_names_for, _tree
-from datasets.images import read_gt, read_image, read_mask, resize_gt, to_tensor
+from datasets.images import image_file_problem, read_gt, read_image, read_mask, resize_gt, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,18 @@ class AGD20KTest(Dataset):
     """Egocentric test images that have a GT map (SPEC §2 protocol: GT PNG / 255, bilinear to ``eval_size``).
 
     Test images without GT are counted in ``missing_gt`` and logged, never silently dropped.
+
+    Unreadable files never crash an evaluation. The contract:
+
+    - At construction, a cheap structural check of every test image and GT map (the file exists, is not empty,
+      and a JPEG ends with its end-of-image marker, a PNG with its IEND chunk; no decoding) leaves out the bad
+      ones with ONE warning; they are listed in ``unreadable`` as ``"path: reason"``. A GT map that fails to
+      decode while the GT cache is built is left out the same way.
+    - A file that passes the check but still fails to decode when its item is loaded does not raise: the item
+      comes back with ``readable`` False, ``problem`` saying why, a zero ``image`` (3, S, S) and zero ``gt``
+      (E, E) (and zero masks), and the file is added to ``unreadable`` of the process that loaded it (a
+      DataLoader worker's copy is lost, hence the flag). The evaluation loop must leave such items out of the
+      metrics and list their paths. Readable items have ``readable`` True and ``problem`` "".
 
     Args:
         root: dataset root.
@@ -70,10 +82,16 @@ class AGD20KTest(Dataset):
                 len(self.missing_gt),
                 self.missing_gt[:5],
             )
+        self.unreadable: list[str] = []
+        self.items = self._drop_unreadable(
+            self.items, {i: _file_problem(it) for i, it in enumerate(self.items)}, "failed a structural check"
+        )
+        self._gt_cache = self._load_cache(Path(cache_dir)) if cache_dir is not None else None
         if not self.items:
             raise ValueError(
-                f"No test image with a GT map under '{split_dir}' ({len(self.missing_gt)} images without GT). "
-                f"Expected testset/egocentric/<aff>/<obj>/<name>.jpg with testset/GT/<aff>/<obj>/<name>.png."
+                f"No test image with a GT map under '{split_dir}' that can be read ({len(self.missing_gt)} images "
+                f"without GT, {len(self.unreadable)} unreadable). Expected testset/egocentric/<aff>/<obj>/<name>.jpg "
+                "with testset/GT/<aff>/<obj>/<name>.png."
             )
         mask_root = split_dir / "masks"
         self._mask_paths = [
@@ -91,7 +109,21 @@ class AGD20KTest(Dataset):
             logger.warning(
                 "with_masks=True but '%s' lacks object/part masks for some test images; none returned", mask_root
             )
-        self._gt_cache = self._load_cache(Path(cache_dir)) if cache_dir is not None else None
+
+    def _drop_unreadable(self, items: list, problems: dict[int, tuple[str, str] | None], how: str) -> list:
+        """``items`` without those that have a (bad file, reason); those go to ``unreadable`` with ONE warning."""
+        bad = [f"{p[0]}: {p[1]}" for _, p in sorted(problems.items()) if p]
+        if not bad:
+            return items
+        self.unreadable += bad
+        logger.warning(
+            "%d test item(s) %s and are left out of the evaluation (listed in its report as unreadable): %s%s",
+            len(bad),
+            how,
+            "; ".join(bad[:5]),
+            f" and {len(bad) - 5} more" if len(bad) > 5 else "",
+        )
+        return [it for i, it in enumerate(items) if not problems.get(i)]
 
     def _cache_key(self) -> str:
         h = hashlib.sha256(f"agd20k-gt-v1|{self.eval_size}".encode())
@@ -108,7 +140,18 @@ class AGD20KTest(Dataset):
                 logger.info("GT maps loaded from cache %s", path)
                 return arr
             logger.warning("Ignoring GT cache %s with shape %s (expected %s)", path, arr.shape, shape)
-        arr = np.stack([resize_gt(read_gt(gt), self.eval_size) for _, _, _, gt in self.items])  # (N, E, E)
+        maps, problems = [], {}
+        for i, (_, _, _, gt) in enumerate(self.items):
+            try:
+                maps.append(resize_gt(read_gt(gt), self.eval_size))  # (E, E)
+            except (ValueError, OSError) as err:
+                problems[i] = (gt, str(err))
+        if problems:  # the cache holds the readable items only, under the key of that list
+            self.items = self._drop_unreadable(self.items, problems, "have a GT map that could not be decoded")
+            path = cache_dir / f"agd20k_gt_{self.split}_{self.eval_size}_{self._cache_key()}.npy"
+        if not maps:
+            return np.zeros((0, self.eval_size, self.eval_size), np.float32)
+        arr = np.stack(maps)  # (N, E, E)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
@@ -136,21 +179,43 @@ class AGD20KTest(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        path, aff, obj, gt_path = self.items[index]
+        path, aff, obj, _ = self.items[index]
+        item = {"label": self._label[aff], "affordance": aff, "object": obj, "path": path}
+        try:
+            item.update(self._load(index))
+            item.update(readable=True, problem="")
+        except (ValueError, OSError) as err:  # decoding failed although the file passed the structural check
+            e, s = self.eval_size, self.image_size
+            item.update(image=torch.zeros(3, s, s), gt=torch.zeros(e, e), readable=False, problem=str(err))
+            if self.with_masks:
+                item.update(object_mask=torch.zeros(e, e), part_mask=torch.zeros(e, e))
+            if path not in {u.split(": ", 1)[0] for u in self.unreadable}:
+                self.unreadable.append(f"{path}: {err}")
+                logger.warning("Unreadable test item left out of the evaluation: %s", err)
+        return item
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        """Decode one item's image, GT map and masks (raises ValueError/OSError when a file cannot be read)."""
+        path, _, _, gt_path = self.items[index]
         if self._gt_cache is not None:
             gt = np.array(self._gt_cache[index], dtype=np.float32)  # copy out of the memory map
         else:
             gt = resize_gt(read_gt(gt_path), self.eval_size)
-        item = {
+        out = {
             "image": to_tensor(read_image(path), self.image_size),  # (3, S, S)
             "gt": torch.from_numpy(gt),  # (E, E)
-            "label": self._label[aff],
-            "affordance": aff,
-            "object": obj,
-            "path": path,
         }
         if self.with_masks:
             obj_mask, part_mask = self._mask_paths[index]
-            item["object_mask"] = torch.from_numpy(read_mask(obj_mask, self.eval_size))  # (E, E)
-            item["part_mask"] = torch.from_numpy(read_mask(part_mask, self.eval_size))  # (E, E)
-        return item
+            out["object_mask"] = torch.from_numpy(read_mask(obj_mask, self.eval_size))  # (E, E)
+            out["part_mask"] = torch.from_numpy(read_mask(part_mask, self.eval_size))  # (E, E)
+        return out
+
+
+def _file_problem(item: tuple[str, str, str, str]) -> tuple[str, str] | None:
+    """(file, reason) when the test image or its GT map fails the structural check, else None."""
+    for path in (item[0], item[3]):
+        problem = image_file_problem(path)
+        if problem is not None:
+            return path, problem
+    return None
