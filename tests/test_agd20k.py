@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -404,3 +406,47 @@ def test_from_config_builds_the_sets_the_config_describes(world, tmp_path):
     assert (test.split, test.image_size, test.eval_size, test.with_masks) == ("Unseen", 32, 24, True)
     assert test[0]["gt"].shape == (24, 24)
     assert list((tmp_path / "cache").glob("*.npy"))  # the config's GT cache is used
+    assert train.reduced_decode and test.reduced_decode  # the configuration has no data.reduced_decode yet
+    data = dataclasses.replace(cfg.data)
+    object.__setattr__(data, "reduced_decode", False)  # as once the schema holds the option
+    off = SimpleNamespace(data=data, seed=cfg.seed, model=cfg.model)
+    assert not AGD20KTrain.from_config(off, "Seen").reduced_decode
+    assert not AGD20KTest.from_config(off, "Seen").reduced_decode
+
+
+def test_reduced_decode_changes_large_jpegs_only(world, tmp_path):
+    root = _copy(world, tmp_path)
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3)).astype(np.uint8), (0, 0), 2)  # 120 >= 2 x 40
+    big_test = sorted((root / "Seen/testset/egocentric").rglob("*.jpg"))[1]
+    big_exo = sorted((root / "Seen/trainset/exocentric/hold/knife").glob("*.jpg"))[0]
+    for path in (big_test, big_exo):
+        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    kw = dict(image_size=32, resize_size=40, num_exo=2, seed=1)
+    on, off = AGD20KTrain(root, "Seen", **kw), AGD20KTrain(root, "Seen", reduced_decode=False, **kw)
+    changed = 0
+    for i in range(len(on)):
+        a, b = on[i], off[i]
+        assert a["exo_paths"] == b["exo_paths"]
+        if str(big_exo) in a["exo_paths"]:
+            changed += 1
+            diff = (a["exo"] - b["exo"]).abs()
+            assert 0 < float(diff.mean()) < 0.1  # normalised units: about 2 grey levels
+        else:
+            assert torch.equal(a["exo"], b["exo"]) and torch.equal(a["ego"], b["ego"])  # 48-px images: untouched
+    assert changed >= 1
+    on, off = AGD20KTest(root, "Seen", image_size=32), AGD20KTest(root, "Seen", image_size=32, reduced_decode=False)
+    for i in range(len(on)):
+        diff = (on[i]["image"] - off[i]["image"]).abs()
+        if on[i]["path"] == str(big_test):
+            assert 0 < float(diff.mean()) < 0.1
+        else:
+            assert float(diff.max()) == 0
+    # with part masks the egocentric image keeps its full size, the size of its mask
+    big_ego = sorted((root / "Seen/trainset/egocentric/hold/knife").glob("*.jpg"))[0]
+    cv2.imwrite(str(big_ego), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    mask = root / "Seen/masks/train_part/hold/knife" / f"{big_ego.stem}.png"
+    cv2.imwrite(str(mask), np.full((120, 160), 255, np.uint8))
+    masked = AGD20KTrain(root, "Seen", with_part_masks=True, **kw)
+    items = [masked[i] for i in range(len(masked)) if masked.folders[masked.samples[i][0]] == ("hold", "knife")]
+    assert any(it["ego_path"] == str(big_ego) for it in items)

@@ -43,6 +43,11 @@ class AGD20KTrain(Dataset):
             mask under the same crop and flip. Only the synthetic world has these masks (under
             ``<split>/masks/train_part/<aff>/<obj>/<stem>.png``); they feed the oracle-prototype diagnostic
             (``model.oracle_prototypes``), never the method itself.
+        reduced_decode: decode a JPEG whose shorter side is at least twice ``resize_size`` at 1/2, 1/4 or 1/8
+            scale (DCT-domain scaling), keeping the shorter side >= ``resize_size``: several times faster on
+            full-size photos, a small resampling difference (``datasets.images.decode_image``). Smaller images
+            decode exactly as without it. Off: every image is decoded at full size. The egocentric image is always
+            decoded at full size with ``with_part_masks`` (its mask has the full size).
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class AGD20KTrain(Dataset):
         seed: int = 0,
         class_names: Sequence[str] | None = None,
         with_part_masks: bool = False,
+        reduced_decode: bool = True,
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -67,6 +73,7 @@ class AGD20KTrain(Dataset):
         self.resize_size = resize_size
         self.seed = seed
         self.with_part_masks = with_part_masks
+        self.reduced_decode = reduced_decode
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -163,7 +170,8 @@ class AGD20KTrain(Dataset):
     ) -> AGD20KTrain:
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
-        ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.oracle_prototypes``.
+        ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.oracle_prototypes``;
+        ``reduced_decode`` is ``cfg.data.reduced_decode`` (True when the configuration has no such key).
         """
         return cls(
             cfg.data.root,
@@ -174,6 +182,7 @@ class AGD20KTrain(Dataset):
             seed=cfg.seed if seed is None else seed,
             class_names=class_names,
             with_part_masks=cfg.model.oracle_prototypes if with_part_masks is None else with_part_masks,
+            reduced_decode=getattr(cfg.data, "reduced_decode", True),
         )
 
     def __len__(self) -> int:
@@ -183,12 +192,17 @@ class AGD20KTrain(Dataset):
         p = Path(ego_path)
         return self.root / self.split / "masks" / "train_part" / p.parent.parent.name / p.parent.name / f"{p.stem}.png"
 
-    def _read(self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int) -> tuple[np.ndarray, str]:
+    def _read(
+        self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int, full_size: bool = False
+    ) -> tuple[np.ndarray, str]:
         """Decode ``path``; if unreadable, the first readable file of a seeded permutation of each pool in turn.
+
+        Large JPEGs are decoded at a reduced scale (``reduced_decode``) unless ``full_size``.
 
         The replacement depends only on (seed, epoch, index, slot) and on which files are readable, not on what
         this process met before, so runs stay reproducible across workers.
         """
+        min_side = self.resize_size if self.reduced_decode and not full_size else None
         candidates = [path]
         for k, pool in enumerate(pools):
             perm = np.random.default_rng([self.seed, self.epoch, index, slot, k]).permutation(len(pool))
@@ -197,7 +211,7 @@ class AGD20KTrain(Dataset):
             if cand in self._bad:
                 continue
             try:
-                img = read_image(cand)
+                img = read_image(cand, min_side=min_side)
             except (ValueError, OSError) as err:
                 self._bad.add(cand)
                 logger.warning("Skipping unreadable training image (%s); using another image of the folder", err)
@@ -228,7 +242,7 @@ class AGD20KTrain(Dataset):
             exo_paths.append(used)
         ego_pool = self._ego_pool[folder]
         ego_choice = ego_pool[int(rng.integers(0, len(ego_pool)))]
-        ego_img, ego_path = self._read(ego_choice, (ego_pool,), index, self.num_exo)
+        ego_img, ego_path = self._read(ego_choice, (ego_pool,), index, self.num_exo, full_size=self.with_part_masks)
         extra = {}
         if self.with_part_masks:
             mask = read_mask(self._part_mask_path(ego_path), None)  # (H, W) in {0, 1}
