@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 benchmark: venv
-	$(PY) -m utils.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml --device cpu
+	$(PY) -m utils.tools.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml --device cpu
 
 clean-venv:
 	rm -rf $(VENV)

@@ -171,8 +171,8 @@ def _resolve_affordance(name: str, class_names: list[str], open_vocabulary: bool
 
 
 def _load_config(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> Any:
-    from utils.checkpoint import apply_overrides
     from utils.config import load_config
+    from utils.engine.checkpoint import apply_overrides
 
     if args.config is not None or ckpt is None:
         return load_config(args.config, args.overrides)
@@ -224,7 +224,7 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
 
     from datasets.images import read_image, to_tensor
     from utils.maps import normalize_minmax
-    from utils.viz import add_label, hstack, overlay, save_png
+    from utils.viz.draw import add_label, hstack, overlay, save_png
 
     out_dir = _default_out(args, cfg)
     path = Path(args.image)
@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate (or predict); returns the process exit status (2 for a bad config, checkpoint or path)."""
     args = parse_args(argv)
 
-    from utils.checkpoint import CheckpointError, CheckpointMismatchError
     from utils.config import ConfigError
-    from utils.runtime import setup_logging
+    from utils.engine.checkpoint import CheckpointError, CheckpointMismatchError
+    from utils.engine.runtime import setup_logging
 
     setup_logging(None)
     try:
@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from utils.runtime import seed_everything, select_device
+    from utils.engine.runtime import seed_everything, select_device
 
     # =============================================================================================== config
     ckpt = None
     if args.checkpoint is not None:
-        from utils.checkpoint import load_checkpoint
+        from utils.engine.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)  # fails early, naming the file, if it is missing or damaged
     cfg = _load_config(args, ckpt)
@@ -309,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
     # ================================================================================================ model
     model, class_names = None, None
     if ckpt is not None:
-        from utils.checkpoint import build_model_from_checkpoint, check_compatibility
+        from utils.engine.checkpoint import build_model_from_checkpoint, check_compatibility
 
         model, model_cfg, class_names = build_model_from_checkpoint(args.checkpoint, device, args.overrides)
         if args.config is not None:
@@ -336,9 +336,9 @@ def _run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # ============================================================================================= evaluate
-    from utils.baselines import build_baseline
     from utils.config import config_to_dict
-    from utils.evaluation import evaluate, format_table, model_predict_fn, write_pictures
+    from utils.evaluation.baselines import build_baseline
+    from utils.evaluation.evaluate import evaluate, format_table, model_predict_fn, write_pictures
 
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,

@@ -121,27 +121,26 @@ def train_split(
         cfg: the resolved :class:`utils.config.Config`.
         split: ``Seen`` or ``Unseen``.
         split_dir: ``<run>/<split>``.
-        dist: this process's :class:`utils.distributed.DistInfo`.
+        dist: this process's :class:`utils.engine.distributed.DistInfo`.
         device: this process's device.
         resume: a checkpoint to continue from (None: start afresh).
     """
     from datasets.agd20k import AGD20KTest, AGD20KTrain
     from models.grounder import build_model
-    from utils.checkpoint import CheckpointMismatchError, load_checkpoint, restore_training_state, save_checkpoint
-    from utils.distributed import barrier, wrap_ddp
-    from utils.optim import build_optimizer, build_scheduler
-    from utils.runtime import environment_info, resolve_amp_dtype, seed_everything
-    from utils.trainer import (
-        JsonlLog,
-        build_train_loader,
-        eval_due,
-        evaluate_model,
-        final_report,
-        make_writer,
-        set_loader_epoch,
-        train_one_epoch,
-        write_json,
+    from utils.engine.checkpoint import (
+        CheckpointMismatchError,
+        load_checkpoint,
+        restore_training_state,
+        save_checkpoint,
     )
+    from utils.engine.distributed import barrier, wrap_ddp
+    from utils.engine.loader import build_train_loader, set_loader_epoch
+    from utils.engine.logs import JsonlLog, make_writer, write_json
+    from utils.engine.optim import build_optimizer, build_scheduler
+    from utils.engine.runs import eval_due
+    from utils.engine.runtime import environment_info, resolve_amp_dtype, seed_everything
+    from utils.engine.trainer import train_one_epoch
+    from utils.evaluation.split_report import evaluate_model, final_report
 
     main_proc = dist.is_main
     if main_proc:
@@ -344,7 +343,7 @@ def train_split(
 
 def _log_proof_targets(results: dict[str, Any]) -> None:
     """With the centre and object baselines evaluated (the synthetic world), say whether the proof's bars hold."""
-    from utils.report import failed_targets, rows_from_metrics
+    from utils.tools.compare_runs import failed_targets, rows_from_metrics
 
     for row in rows_from_metrics("", results):
         failed = failed_targets(row)
@@ -359,11 +358,12 @@ def _log_proof_targets(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Train every split of the configuration; returns the process exit status (0)."""
-    from utils.checkpoint import load_checkpoint, remove_stale_temp_files
     from utils.config import load_config, save_config
-    from utils.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
-    from utils.runtime import seed_everything, setup_logging
-    from utils.trainer import resume_run_dir, write_json
+    from utils.engine.checkpoint import load_checkpoint, remove_stale_temp_files
+    from utils.engine.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
+    from utils.engine.logs import write_json
+    from utils.engine.runs import resume_run_dir
+    from utils.engine.runtime import seed_everything, setup_logging
 
     args = parse_args(argv)
     config_path = args.config
@@ -455,9 +455,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.checkpoint import CheckpointError, CheckpointMismatchError
     from utils.config import ConfigError
-    from utils.trainer import NonFiniteLossError
+    from utils.engine.checkpoint import CheckpointError, CheckpointMismatchError
+    from utils.engine.trainer import NonFiniteLossError
 
     try:
         sys.exit(main())

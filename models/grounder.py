@@ -347,7 +347,7 @@ class Grounder(nn.Module):
         Returns:
             The dict of (``aff_cam``, ``gt_aff_cam``, ``ego_pred``, ``gt_ego_cam``,
             logits, saliency outputs, part outputs (``part_centroids`` (b, K, D) and ``part_best`` (b,) are the
-            k-means clusters and the chosen one, for utils/part_diagnostics.py) and ``losses``).
+            k-means clusters and the chosen one, for utils/tools/part_diagnostics.py) and ``losses``).
         """
         exo, ego = batch["exo"], batch["ego"]
         if exo.dim() != 5 or ego.dim() != 4 or exo.shape[0] != ego.shape[0]:

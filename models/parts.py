@@ -319,7 +319,7 @@ def mask_prototypes(desc: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     """The *true* part prototype of each image: its descriptors averaged inside a part mask, L2-normalised.
 
     Only the synthetic world has part masks; this serves the ``oracle_prototypes`` diagnostic and
-    utils/part_diagnostics.py, never the method.
+    utils/tools/part_diagnostics.py, never the method.
 
     Args:
         desc: (B, D, h, w) descriptors (in the space the prototypes are compared in).

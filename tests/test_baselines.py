@@ -1,4 +1,4 @@
-"""Baselines (utils.baselines): their maps, their errors, and their scores through the evaluation code path."""
+"""Baselines (utils.evaluation.baselines): their maps, their errors and their scores through the evaluation path."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from utils.baselines import BASELINES, CenterBaseline, ObjectMaskBaseline, UniformBaseline, build_baseline
-from utils.metrics import prepare_prediction, sim
+from utils.evaluation.baselines import BASELINES, CenterBaseline, ObjectMaskBaseline, UniformBaseline, build_baseline
+from utils.evaluation.metrics import prepare_prediction, sim
 
 
 def batch_of(b: int, h: int, w: int, **extra: torch.Tensor) -> dict:
@@ -69,7 +69,7 @@ def test_build_baseline() -> None:
 def test_baselines_on_a_tiny_synthetic_world(tmp_path) -> None:
     from datasets.agd20k import AGD20KTest
     from datasets.synthetic import generate_world
-    from utils.evaluation import evaluate
+    from utils.evaluation.evaluate import evaluate
 
     root = generate_world(
         tmp_path / "world", image_size=32, exo_per_folder=1, ego_per_folder=1, test_per_folder=1, progress=False

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from utils import benchmark
+from utils.tools import benchmark
 
 TINY = [
     "model.backbone.name=vit_small_patch16_224",

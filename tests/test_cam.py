@@ -1,4 +1,4 @@
-"""Tests for utils.cam: CAM on hand-computed values, agreement with grad-cam, the ViT path, hooks, boxes, the CLI."""
+"""utils.viz.cam: CAM on hand-computed values, agreement with grad-cam, the ViT path, hooks, boxes, the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from torch import nn
 
 from models.backbone import ViTBackbone
 from models.grounder import Grounder, build_model
-from utils.cam import (
+from utils.config import config_from_dict
+from utils.maps import normalize_minmax
+from utils.viz.cam import (
     CAM,
     AffordanceTarget,
     GrounderForCAM,
@@ -25,11 +27,9 @@ from utils.cam import (
     explain,
     feature_heatmap,
     gap_scores,
-    main,
     vit_reshape_transform,
 )
-from utils.config import config_from_dict
-from utils.maps import normalize_minmax
+from utils.viz.cam.cli import main
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -333,7 +333,7 @@ def test_cli_on_a_vit(tmp_path):
 
 
 def test_cli_grounder_panel_from_a_checkpoint(tmp_path):
-    from utils.checkpoint import save_checkpoint
+    from utils.engine.checkpoint import save_checkpoint
 
     cfg = config_from_dict(
         {

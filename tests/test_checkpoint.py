@@ -1,4 +1,4 @@
-"""Checkpoint writing, safe loading, compatibility checks and RNG round trips (utils/checkpoint.py)."""
+"""Checkpoint writing, safe loading, compatibility checks and RNG round trips (utils/engine/checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import utils.checkpoint as ckpt_mod
-from utils.checkpoint import (
+import utils.engine.checkpoint as ckpt_mod
+from utils.config import Config, config_to_dict
+from utils.engine.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     apply_overrides,
@@ -25,8 +26,7 @@ from utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from utils.config import Config, config_to_dict
-from utils.optim import build_optimizer, build_scheduler
+from utils.engine.optim import build_optimizer, build_scheduler
 
 CLASSES = ["cut", "hold", "pour"]
 
@@ -183,7 +183,7 @@ def test_truncated_missing_and_foreign_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nope.pth")
     plain = tmp_path / "plain.pth"
     torch.save(TinyGrounder().state_dict(), plain)  # a bare state dict, e.g. backbone weights
-    with pytest.raises(CheckpointError, match=r"plain\.pth is not a checkpoint written by utils\.checkpoint"):
+    with pytest.raises(CheckpointError, match=r"plain\.pth is not a checkpoint of this repository"):
         load_checkpoint(plain)
     pickled = tmp_path / "pickled.pth"
     torch.save({"format": ckpt_mod.CHECKPOINT_FORMAT, "obj": Path("x")}, pickled)  # needs full unpickling

@@ -1,4 +1,4 @@
-"""The evaluation loop (utils.evaluation): aggregation, the batched loop, errors, pictures, the table."""
+"""The evaluation loop (utils.evaluation.evaluate): aggregation, the batched loop, errors, pictures, the table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from utils.evaluation import EvalResult, Evaluator, evaluate, format_table, write_pictures
-from utils.metrics import compute_metrics, prepare_prediction
+from utils.evaluation.evaluate import EvalResult, Evaluator, evaluate, format_table, write_pictures
+from utils.evaluation.metrics import compute_metrics, prepare_prediction
 
 
 class TinyTestSet(Dataset):
@@ -136,7 +136,7 @@ def test_write_pictures(tmp_path) -> None:
 
 
 def test_benchmark_runs_on_agd20k_like_maps(capsys) -> None:
-    from utils.evaluation import _RandomTestSet, benchmark_metrics, main
+    from utils.evaluation.evaluate import _RandomTestSet, benchmark_metrics, main
 
     data = _RandomTestSet(6, 32)
     gt = data.gt

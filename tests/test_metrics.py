@@ -1,4 +1,4 @@
-"""KLD / SIM / NSS (utils.metrics) on hand-computed cases, identities, edge cases and the published formulas."""
+"""KLD / SIM / NSS (utils.evaluation.metrics): hand-computed cases, identities, edge cases, published formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import EPS, compute_metrics, kld, nss, prepare_prediction, sim
+from utils.evaluation.metrics import EPS, compute_metrics, kld, nss, prepare_prediction, sim
 
 
 def t(rows: list[list[float]]) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_shape_mismatch_is_an_error() -> None:
 
 # ----------------------------------------------------------------------------- the published formulas, to 1e-6
 def _published_kld(pred: np.ndarray, gt: np.ndarray, eps: float = 1e-12) -> float:
-    # Cross-View-AG / LOCATE utils/evaluation.py cal_kl, re-typed from the formula.
+    # Cross-View-AG / LOCATE utils/evaluation/evaluate.py cal_kl, re-typed from the formula.
     p, g = pred / (pred.sum() + eps), gt / (gt.sum() + eps)
     return float(np.sum(g * np.log(g / (p + eps) + eps)))
 

@@ -1,4 +1,4 @@
-"""Parameter groups, optimisers and the learning-rate schedule of utils/optim.py (LOCATE's recipe)."""
+"""Parameter groups, optimisers and the learning-rate schedule of utils/engine/optim.py (LOCATE's recipe)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from utils.config import TrainConfig
-from utils.optim import build_optimizer, build_scheduler, current_lr, param_groups
+from utils.engine.optim import build_optimizer, build_scheduler, current_lr, param_groups
 
 
 class TinyGrounder(nn.Module):

@@ -1,4 +1,4 @@
-"""utils/part_diagnostics.py: exact numbers on stand-in models, and the command end to end on a tiny world."""
+"""utils/tools/part_diagnostics.py: exact numbers on stand-in models, and the command end to end on a tiny world."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils import part_diagnostics as pd
+from utils.tools import part_diagnostics as pd
 
 CONFIG = """\
 data:
@@ -140,8 +140,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datasets.agd20k import load_class_names
     from datasets.synthetic import ensure_world
     from models.grounder import build_model
-    from utils.checkpoint import save_checkpoint
     from utils.config import load_config
+    from utils.engine.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("diag")
     cfg_path = base / "tiny.yaml"

@@ -28,9 +28,9 @@ import train
 from datasets.agd20k import AGD20KTrain
 from datasets.synthetic import ensure_world
 from models.grounder import build_model
-from utils.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import ConfigError, load_config
-from utils.metrics import compute_metrics, prepare_prediction
+from utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.evaluation.metrics import compute_metrics, prepare_prediction
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = {"seed": 0, "image_size": 40, "exo_per_folder": 2, "ego_per_folder": 1, "test_per_folder": 1}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.report import check_targets, failed_targets, load_rows, main, markdown_table, spread
+from utils.tools.compare_runs import check_targets, failed_targets, load_rows, main, markdown_table, spread
 
 
 def _split(kld: float, sim: float, best_kld: float, center=(2.0, 0.2), obj=(1.2, 0.4)) -> dict:
@@ -116,7 +116,7 @@ def _config_run(tmp_path: Path, name: str, world: int, seed: int, kld: float, ob
 
 
 def test_over_seeds_groups_by_configuration_and_judges_the_means(tmp_path: Path) -> None:
-    from utils.report import group_over_seeds, group_table
+    from utils.tools.compare_runs import group_over_seeds, group_table
 
     runs = [
         _config_run(tmp_path, "w0_t0", 0, 0, 1.0),

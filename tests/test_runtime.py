@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.runtime import (
+from utils.engine.runtime import (
     amp_context,
     environment_info,
     resolve_amp_dtype,

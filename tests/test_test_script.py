@@ -35,8 +35,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     from datasets.agd20k import load_class_names
     from datasets.synthetic import ensure_world
     from models.grounder import build_model
-    from utils.checkpoint import save_checkpoint
     from utils.config import load_config
+    from utils.engine.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("tiny")
     cfg_path = base / "tiny.yaml"

@@ -13,19 +13,19 @@ import pytest
 import torch
 
 import train
-import utils.checkpoint as ckpt_mod
-import utils.trainer as trainer_mod
+import utils.engine.checkpoint as ckpt_mod
+import utils.engine.trainer as trainer_mod
 from datasets.synthetic import ensure_world
 from models.grounder import Grounder, build_model
-from utils.checkpoint import (
+from utils.config import load_config
+from utils.engine.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     build_model_from_checkpoint,
     load_checkpoint,
 )
-from utils.config import load_config
-from utils.optim import build_optimizer
-from utils.trainer import NonFiniteLossError
+from utils.engine.optim import build_optimizer
+from utils.engine.trainer import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = {"seed": 0, "image_size": 40, "exo_per_folder": 2, "ego_per_folder": 1, "test_per_folder": 1}

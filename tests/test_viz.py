@@ -1,4 +1,4 @@
-"""Tests for utils.viz: conversions, overlays, labels, grids, colour bars, PNG output and the model panel."""
+"""Tests for utils.viz.draw: conversions, overlays, labels, grids, colour bars, PNG output and the model panel."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from utils.viz import (
+from utils.viz.draw import (
     add_label,
     append_colorbar,
     colorbar,
     colorize,
     make_grid,
-    model_panel,
     overlay,
     save_png,
     to_uint8_image,
     validate_cam,
 )
+from utils.viz.panels import model_panel
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

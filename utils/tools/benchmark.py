@@ -1,6 +1,6 @@
 """Speed and memory benchmark: backbone floor, training step, inference, evaluation, peak memory.
 
-    python -m utils.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml [--device cpu|cuda] [--amp]
+    python -m utils.tools.benchmark --config configs/locate_dino-vits16_agd20k-seen.yaml [--device cpu|cuda] [--amp]
 
 Every number is the median over ``--repeats`` timed rounds (each round runs every measurement once, so slow drifts of
 the machine do not favour one of them) after ``--warmup`` untimed ones, on random weights and
@@ -28,8 +28,7 @@ from typing import Any
 import torch
 
 from utils.config import Config, load_config
-from utils.report import describe_device
-from utils.runtime import (
+from utils.engine.runtime import (
     amp_context,
     cpu_has_native_bf16,
     environment_info,
@@ -37,6 +36,7 @@ from utils.runtime import (
     select_device,
     setup_logging,
 )
+from utils.tools.compare_runs import describe_device
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_benchmark(
 ) -> dict[str, float]:
     """Measure one precision setting; returns rates (per second), seconds and memory in MiB."""
     from models.grounder import build_model
-    from utils.metrics import kld, nss, prepare_prediction, sim
+    from utils.evaluation.metrics import kld, nss, prepare_prediction, sim
 
     torch.manual_seed(0)
     class_names = [f"affordance_{i}" for i in range(num_classes)]
@@ -186,7 +186,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m utils.benchmark",
+        prog="python -m utils.tools.benchmark",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

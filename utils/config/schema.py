@@ -25,14 +25,27 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "BASELINES",
+    "SPLITS",
+    "BackboneConfig",
     "Config",
     "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "SyntheticConfig",
+    "TextConfig",
+    "TrainConfig",
+    "VizConfig",
     "config_from_dict",
     "config_help",
     "config_to_dict",
     "load_config",
     "parse_override",
     "save_config",
+    "validate",
 ]
 
 

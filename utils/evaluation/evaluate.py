@@ -1,14 +1,15 @@
 """The evaluation loop of SPEC §2: predictions for a test set, KLD/SIM/NSS per image, means, pictures, a table.
 
 Anything that maps a test batch to heatmaps is evaluated the same way, a trained model as well as a baseline
-(``utils.baselines``)::
+(``utils.evaluation.baselines``)::
 
     result = evaluate(model_predict_fn(model, eval_size=224), test_set)
     print(format_table(result.summary))
     write_pictures(result, test_set, "runs/x/pictures", n=8)
 
 Per image, the prediction is upsampled (bilinear) to the GT size and min-max normalised
-(``utils.metrics.prepare_prediction``), then scored against the GT (``utils.metrics.compute_metrics``); the
+(``utils.evaluation.metrics.prepare_prediction``), then scored against the GT
+(``utils.evaluation.metrics.compute_metrics``); the
 overall numbers are plain means over all images, as in the published code. Metric time is measured apart from
 the model's time (``EvalResult.metric_seconds``).
 """
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils.metrics import compute_metrics, prepare_prediction
-from utils.runtime import amp_context, resolve_amp_dtype
+from utils.engine.runtime import amp_context, resolve_amp_dtype
+from utils.evaluation.metrics import compute_metrics, prepare_prediction
 
 __all__ = [
     "METRICS",
@@ -66,7 +67,7 @@ class ImageRecord:
     sim: float
     nss: float
     zero_gt: bool
-    """The GT map is all zero (scores are then defined as 0, see ``utils.metrics``)."""
+    """The GT map is all zero (scores are then defined as 0, see ``utils.evaluation.metrics``)."""
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -118,7 +119,7 @@ class Evaluator:
         """Score a batch and record it.
 
         Args:
-            pred: (B, H, W) predictions already prepared (``utils.metrics.prepare_prediction``).
+            pred: (B, H, W) predictions already prepared (``utils.evaluation.metrics.prepare_prediction``).
             gt: (B, H, W) GT maps in [0, 1].
             affordances: B affordance names.
             objects: B object names.
@@ -297,7 +298,7 @@ def evaluate(
         device: where ``predict_fn`` and the metrics run.
         progress: show a progress bar.
         amp: autocast policy for ``predict_fn``: ``off`` (fp32), ``bf16`` or ``auto`` (see
-            ``utils.runtime.resolve_amp_dtype``). The metrics always run in float64.
+            ``utils.engine.runtime.resolve_amp_dtype``). The metrics always run in float64.
         keep_size: side of the predictions kept for :func:`write_pictures` (uint8, N·k² bytes); None keeps none.
         desc: progress-bar label.
         metric_threads: torch intra-op threads for the metrics on a CPU device (restored afterwards); None keeps
@@ -336,7 +337,7 @@ def evaluate(
             eval_size = tuple(gt.shape[-2:])
             smalls = []
             with _intra_op_threads(metric_threads if device.type == "cpu" else None):
-                # A few images at a time keep the float64 maps in the CPU cache; see utils.metrics.compute_metrics.
+                # A few images at a time keep the float64 maps in the CPU cache (see compute_metrics).
                 for s in range(0, b, _CHUNK):
                     e = min(b, s + _CHUNK)
                     pred = prepare_prediction(maps[s:e], eval_size)  # (b', E, E) float64 in [0, 1]
@@ -462,7 +463,7 @@ def write_pictures(
     """
     import cv2  # pictures only: the metric path does not need OpenCV
 
-    from utils.viz import add_label, make_grid, overlay, save_png, to_uint8_image
+    from utils.viz.draw import add_label, make_grid, overlay, save_png, to_uint8_image
 
     if result.maps is None:
         raise ValueError("write_pictures: the result kept no maps; run evaluate(..., keep_size=112) to draw them")
@@ -558,10 +559,10 @@ def benchmark_metrics(num_images: int = 1675, size: int = 224, grid: int = 14, b
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m utils.evaluation --benchmark``: print the metric time of a Seen-sized test set."""
+    """``python -m utils.evaluation.evaluate --benchmark``: print the metric time of a Seen-sized test set."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m utils.evaluation", description="Time the evaluation protocol.")
+    p = argparse.ArgumentParser(prog="python -m utils.evaluation.evaluate", description="Time the evaluation protocol.")
     p.add_argument("--benchmark", action="store_true", help="Time the metric path on random maps (no model).")
     p.add_argument("--images", type=int, default=1675, help="Number of test images (AGD20K Seen: 1675).")
     p.add_argument("--size", type=int, default=224, help="Evaluation size (the protocol: 224).")

@@ -1,6 +1,6 @@
 """Where a trained model's part transfer goes wrong, measured against the synthetic world's true part masks.
 
-    python -m utils.part_diagnostics --checkpoint runs/proof/seed0/Seen/last.pth [--batches 12] [--out FILE]
+    python -m utils.tools.part_diagnostics --checkpoint runs/proof/seed0/Seen/last.pth [--batches 12] [--out FILE]
 
 A diagnostic for the offline proof, not part of the method: it reads the part masks that only the synthetic world
 has (``masks/train_part`` and ``masks/part``, ``masks/object``). Two measurements, per affordance:
@@ -222,7 +222,7 @@ def format_tables(report: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m utils.part_diagnostics",
+        prog="python -m utils.tools.part_diagnostics",
         description="Measure a trained model's part-prototype selection and map placement against the synthetic "
         "world's true part masks (a diagnostic; the method never reads masks).",
     )
@@ -242,8 +242,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both measurements, print them and write the JSON; 2 on a bad checkpoint or data without part masks."""
     from datasets.agd20k import AGD20KTest, AGD20KTrain
-    from utils.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-    from utils.runtime import setup_logging
+    from utils.engine.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+    from utils.engine.runtime import setup_logging
 
     args = parse_args(argv)
     setup_logging()

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.runtime import select_device
+from utils.engine.runtime import select_device
 
 __all__ = [
     "DistInfo",

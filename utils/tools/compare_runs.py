@@ -1,8 +1,8 @@
 """Compare finished runs: one Markdown table of last-epoch results against the baselines, and the proof's targets.
 
-    python -m utils.report runs/synthetic-seed0 runs/synthetic-seed1 runs/synthetic-seed2
-    python -m utils.report --split Seen --no-targets runs/synthetic runs/synthetic_no-proto ...   # an ablation table
-    python -m utils.report --over-seeds runs/proof/*   # one line per configuration: the mean over training seeds
+    python -m utils.tools.compare_runs runs/synthetic-seed0 runs/synthetic-seed1 runs/synthetic-seed2
+    python -m utils.tools.compare_runs --split Seen --no-targets runs/synthetic runs/no-proto  # ablation table
+    python -m utils.tools.compare_runs --over-seeds runs/proof/*   # per configuration: the mean over training seeds
 
 Each argument is a run folder written by ``train.py`` (it reads ``<run>/metrics.json``). A row is one (run, split):
 the honest last-epoch KLD / SIM / NSS, the test-selected best epoch's KLD (labelled), and the centre-prior and
@@ -203,7 +203,7 @@ def markdown_table(rows: Sequence[Row], targets: bool = True) -> str:
 
 
 def describe_device(env: dict[str, str | int]) -> str:
-    """The device of an environment record (``utils.runtime.environment_info``): "cpu (AMD EPYC, AVX2 kernels)"."""
+    """The device of an environment record (``environment_info``), e.g. "cpu (AMD EPYC, AVX2 kernels)"."""
     return f"{env.get('device')} ({env.get('device_name')}, {env.get('cpu_capability')} kernels)"
 
 
@@ -362,7 +362,7 @@ def group_table(groups: Sequence[Group], targets: bool = True) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table (and the spread over several runs); exit 0, or 1 with --strict when a target fails."""
-    p = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m utils.tools.compare_runs", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="finished run folders (each holds metrics.json)")
     p.add_argument("--split", action="append", help="only this split (repeat for several); default: all")
     p.add_argument("--no-targets", action="store_true", help="leave out the proof's target column")

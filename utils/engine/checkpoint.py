@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from utils.config import Config, config_to_dict, load_config
-from utils.distributed import unwrap_model
+from utils.engine.distributed import unwrap_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -307,7 +307,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = f"a dict with keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"{path} is not a checkpoint written by utils.checkpoint (expected format {CHECKPOINT_FORMAT!r}, found "
+            f"{path} is not a checkpoint of this repository (expected format {CHECKPOINT_FORMAT!r}, found "
             f"{found}). Pretrained backbone files go to model.backbone.weights instead; train.py writes checkpoints "
             "as last.pth / best.pth."
         )
