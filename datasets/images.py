@@ -22,7 +22,9 @@ __all__ = [
     "center_resize",
     "decode_image",
     "denormalize",
+    "image_file_problem",
     "is_image_file",
+    "jpeg_size",
     "normalize",
     "random_crop",
     "random_flip",
@@ -45,9 +47,10 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 # A JPEG whose end-of-image marker is missing from its last bytes was cut short. OpenCV 5 refuses most of those,
-# older builds return a half-grey picture with only a console warning, so we check the marker ourselves.
-# A little trailing junk after the marker (some cameras add padding) is tolerated.
+# older builds return a half-grey picture with only a console warning, so we check the marker ourselves (and
+# the IEND chunk of a PNG). A little trailing junk after the marker (some cameras add padding) is tolerated.
 _JPEG_TAIL_SLACK = 1024
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -63,13 +66,47 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
+def _truncation(head: bytes, tail: bytes) -> str | None:
+    """Why a file whose first bytes are ``head`` and last bytes ``tail`` is cut short, or None if it looks whole.
+
+    ``tail`` must hold at least the last ``_JPEG_TAIL_SLACK + 12`` bytes (or the whole file if shorter). Formats
+    other than JPEG and PNG are not checked.
+    """
+    if head[:2] == b"\xff\xd8":  # JPEG start-of-image
+        eoi = tail.rfind(b"\xff\xd9")
+        if eoi < 0 or eoi < len(tail) - 2 - _JPEG_TAIL_SLACK:
+            return "truncated JPEG (no end-of-image marker)"
+    elif head[:8] == _PNG_SIGNATURE and b"IEND" not in tail[-(12 + _JPEG_TAIL_SLACK) :]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
 def _check_not_truncated(data: bytes, path: str | os.PathLike) -> None:
-    if data[:2] == b"\xff\xd8":  # JPEG start-of-image
-        eoi = data.rfind(b"\xff\xd9")
-        if eoi < 0 or eoi < len(data) - 2 - _JPEG_TAIL_SLACK:
-            raise ValueError(
-                f"Could not decode '{path}': truncated JPEG (no end-of-image marker). Re-download or delete the file."
-            )
+    reason = _truncation(data[:8], data[-(12 + _JPEG_TAIL_SLACK) :])
+    if reason is not None:
+        raise ValueError(f"Could not decode '{path}': {reason}. Re-download or delete the file.")
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """A cheap structural check of an image file, without decoding it: None if it looks whole, else the reason.
+
+    Reads the first and last bytes only: the file must exist, be non-empty and, for JPEG and PNG, end with the
+    container's closing marker (JPEG end-of-image, PNG IEND). A file that passes can still fail to decode (a
+    corrupt middle); one that fails would crash or silently half-decode.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(max(0, size - 12 - _JPEG_TAIL_SLACK))
+            tail = fh.read()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    return _truncation(head, tail)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -83,25 +120,65 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported pixel type {img.dtype}; expected uint8, uint16 or float.")
 
 
-def _decode_reduced_jpeg(buf: np.ndarray, max_side: int) -> np.ndarray | None:
-    """Decode a large JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: the full image never exists in memory).
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic): they hold the size.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 DHT, C8 reserved, CC DAC are not frames
+_REDUCED_MODES = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
-    Returns BGR uint8 with the longer side still >= ``max_side``, or None when no reduction applies (small image,
-    or the probe fails).
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG from its frame header, without decoding; None if not a JPEG or no header found.
+
+    The size as stored: EXIF orientation is not applied (the decoders here ignore it too).
     """
-    # the 1/8 decode is cheap (1/64 of the pixels) and tells the full size to within 8 px
-    flags = cv2.IMREAD_IGNORE_ORIENTATION  # the full-size path (IMREAD_UNCHANGED) ignores EXIF orientation too
-    probe = cv2.imdecode(buf, cv2.IMREAD_REDUCED_COLOR_8 | flags)
-    if probe is None:
+    if data[:2] != b"\xff\xd8":
         return None
-    longer = 8 * max(probe.shape[:2])
-    for factor, mode in ((8, None), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if longer // factor >= max_side:
-            return probe if mode is None else cv2.imdecode(buf, mode | flags)
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None  # not at a marker: a damaged header
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length field
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before the data
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS and i + 9 <= n:
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+        i += 2 + length
     return None
 
 
-def decode_image(data: bytes, source: str | os.PathLike = "<bytes>", max_side: int | None = None) -> np.ndarray:
+def _reduction(size: tuple[int, int], max_side: int | None, min_side: int | None) -> int:
+    """The largest DCT scale-down factor (8, 4, 2; 1 for none) that keeps the longer side >= ``max_side`` and the
+    shorter side >= ``min_side`` (a factor f applies only to a side at least f times the bound)."""
+    shorter, longer = min(size), max(size)
+    for factor, _ in _REDUCED_MODES:
+        if (max_side is None or longer // factor >= max_side) and (min_side is None or shorter // factor >= min_side):
+            return factor
+    return 1
+
+
+def _decode_reduced_jpeg(data: bytes, buf: np.ndarray, max_side: int | None, min_side: int | None) -> np.ndarray | None:
+    """Decode a large JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: the full image never exists in memory).
+
+    Returns BGR uint8 whose longer side is still >= ``max_side`` and shorter side >= ``min_side``, or None when no
+    reduction applies (small image, or no frame header found).
+    """
+    size = jpeg_size(data)
+    factor = _reduction(size, max_side, min_side) if size is not None and min(size) > 0 else 1
+    if factor == 1:
+        return None
+    mode = dict(_REDUCED_MODES)[factor]
+    return cv2.imdecode(buf, mode | cv2.IMREAD_IGNORE_ORIENTATION)  # like the full-size path (IMREAD_UNCHANGED)
+
+
+def decode_image(
+    data: bytes, source: str | os.PathLike = "<bytes>", max_side: int | None = None, min_side: int | None = None
+) -> np.ndarray:
     """Decode encoded image bytes to uint8 RGB (H, W, 3).
 
     Grayscale becomes 3 identical channels, the alpha channel of RGBA is dropped (the colour is kept as stored,
@@ -113,17 +190,22 @@ def decode_image(data: bytes, source: str | os.PathLike = "<bytes>", max_side: i
         max_side: if given, a larger image is shrunk (area interpolation, aspect ratio kept) so that its longer
             side is ``max_side``, right after decoding and before any float conversion; a large JPEG is even
             decoded at a reduced scale, so that memory stays bounded for any camera resolution.
+        min_side: if given, a JPEG whose shorter side is at least twice ``min_side`` is decoded at 1/2, 1/4 or
+            1/8 scale (DCT-domain scaling, much faster than a full decode), the largest that keeps the shorter side
+            >= ``min_side``: pass the size the next resize needs. Other images decode at full size, unchanged.
+            The result is not resized further. With both bounds, ``max_side`` wins.
 
     Raises:
-        ValueError: the bytes are not a decodable image, or a JPEG is truncated.
+        ValueError: the bytes are not a decodable image, or a JPEG or PNG is truncated.
     """
-    if max_side is not None and max_side < 1:
-        raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+    for name, bound in (("max_side", max_side), ("min_side", min_side)):
+        if bound is not None and bound < 1:
+            raise ValueError(f"{name} must be a positive number of pixels, got {bound}")
     _check_not_truncated(data, source)
     buf = np.frombuffer(data, dtype=np.uint8)
     img = None
-    if max_side is not None and data[:2] == b"\xff\xd8" and buf.size:
-        img = _decode_reduced_jpeg(buf, max_side)
+    if (max_side is not None or min_side is not None) and data[:2] == b"\xff\xd8" and buf.size:
+        img = _decode_reduced_jpeg(data, buf, max_side, min_side)
     if img is None:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is not None and max_side is not None and max(img.shape[:2]) > max_side:
@@ -150,18 +232,20 @@ def decode_image(data: bytes, source: str | os.PathLike = "<bytes>", max_side: i
     raise ValueError(f"Could not decode '{source}': expected 1, 3 or 4 channels, found {channels}.")
 
 
-def read_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_side: int | None = None, min_side: int | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3).
 
     Args:
         path: the image file.
         max_side: shrink larger images to this longer side while decoding (see :func:`decode_image`).
+        min_side: decode a large JPEG at a reduced scale that keeps its shorter side >= this (see
+            :func:`decode_image`); the datasets pass the size their transform resizes the shorter side to.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it).
         ValueError: the file exists but could not be decoded (non-image, corrupt or truncated).
     """
-    return decode_image(_read_bytes(path), path, max_side=max_side)
+    return decode_image(_read_bytes(path), path, max_side=max_side, min_side=min_side)
 
 
 def read_gt(path: str | os.PathLike) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -237,6 +239,61 @@ def test_missing_gt_is_reported_not_dropped_silently(world, tmp_path, caplog):
         AGD20KTest(root, "Seen")
 
 
+def test_unreadable_test_files_are_left_out_with_one_warning(world, tmp_path, caplog):
+    root = _copy(world, tmp_path)
+    images = sorted((root / "Seen/testset/egocentric").rglob("*.jpg"))
+    cut, empty = images[0], images[5]
+    cut.write_bytes(cut.read_bytes()[:300])  # truncated JPEG
+    empty.write_bytes(b"")
+    gt = sorted((root / "Seen/testset/GT").rglob("*.png"))[9]
+    gt.write_bytes(gt.read_bytes()[:-30])  # truncated PNG (its image is fine)
+    with caplog.at_level(logging.WARNING, logger="datasets.agd20k"):
+        ds = AGD20KTest(root, "Seen", cache_dir=tmp_path / "cache")
+    assert len(ds) == len(images) - 3
+    assert ds.unreadable == [  # in the order of the items
+        f"{cut}: truncated JPEG (no end-of-image marker)",
+        f"{empty}: empty file",
+        f"{gt}: truncated PNG (no IEND chunk)",
+    ]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "3 test item(s)" in warnings[0].getMessage()
+    assert str(cut) in warnings[0].getMessage() and "left out of the evaluation" in warnings[0].getMessage()
+    assert {str(cut), str(empty)}.isdisjoint(p for p, *_ in ds.items)
+    assert all(ds[i]["readable"] for i in range(len(ds)))
+
+
+def test_file_that_fails_to_decode_is_flagged_not_raised(world, tmp_path, caplog):
+    root = _copy(world, tmp_path)
+    bad = sorted((root / "Seen/testset/egocentric").rglob("*.jpg"))[2]
+    bad.write_bytes(b"\xff\xd8" + b"\x17" * 500 + b"\xff\xd9")  # whole container, corrupt content
+    ds = AGD20KTest(root, "Seen", image_size=32, eval_size=40, with_masks=True)
+    assert ds.unreadable == []  # it passes the structural check
+    index = [p for p, *_ in ds.items].index(str(bad))
+    with caplog.at_level(logging.WARNING, logger="datasets.agd20k"):
+        item = ds[index]
+    assert item["readable"] is False and "Could not decode" in item["problem"] and item["path"] == str(bad)
+    assert item["image"].shape == (3, 32, 32) and not item["image"].any()
+    assert item["gt"].shape == (40, 40) and not item["gt"].any() and not item["part_mask"].any()
+    assert ds.unreadable == [f"{bad}: {item['problem']}"] and "left out of the evaluation" in caplog.text
+    ds[index]
+    assert len(ds.unreadable) == 1  # recorded once
+    assert ds[0]["readable"] is True and ds[0]["problem"] == ""
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    assert batch["readable"].dtype == torch.bool and batch["readable"].tolist().count(False) == 1
+
+
+def test_gt_map_that_fails_to_decode_is_left_out_or_flagged(world, tmp_path):
+    root = _copy(world, tmp_path)
+    gt = sorted((root / "Seen/testset/GT").rglob("*.png"))[4]
+    gt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64 + b"IEND\xaeB`\x82")  # whole container, no image
+    cached = AGD20KTest(root, "Seen", cache_dir=tmp_path / "cache")  # decoded while the cache is built
+    assert len(cached.unreadable) == 1 and cached.unreadable[0].startswith(f"{gt}: Could not decode")
+    assert len(cached) == len(AGD20KTest(world, "Seen")) - 1 and len(cached._gt_cache) == len(cached)
+    plain = AGD20KTest(root, "Seen")  # decoded when the item is loaded
+    flags = [plain[i]["readable"] for i in range(len(plain))]
+    assert flags.count(False) == 1 and len(plain.unreadable) == 1
+
+
 def test_gt_cache_is_an_npy_in_the_given_folder(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
@@ -349,3 +406,47 @@ def test_from_config_builds_the_sets_the_config_describes(world, tmp_path):
     assert (test.split, test.image_size, test.eval_size, test.with_masks) == ("Unseen", 32, 24, True)
     assert test[0]["gt"].shape == (24, 24)
     assert list((tmp_path / "cache").glob("*.npy"))  # the config's GT cache is used
+    assert train.reduced_decode and test.reduced_decode  # the configuration has no data.reduced_decode yet
+    data = dataclasses.replace(cfg.data)
+    object.__setattr__(data, "reduced_decode", False)  # as once the schema holds the option
+    off = SimpleNamespace(data=data, seed=cfg.seed, model=cfg.model)
+    assert not AGD20KTrain.from_config(off, "Seen").reduced_decode
+    assert not AGD20KTest.from_config(off, "Seen").reduced_decode
+
+
+def test_reduced_decode_changes_large_jpegs_only(world, tmp_path):
+    root = _copy(world, tmp_path)
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3)).astype(np.uint8), (0, 0), 2)  # 120 >= 2 x 40
+    big_test = sorted((root / "Seen/testset/egocentric").rglob("*.jpg"))[1]
+    big_exo = sorted((root / "Seen/trainset/exocentric/hold/knife").glob("*.jpg"))[0]
+    for path in (big_test, big_exo):
+        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    kw = dict(image_size=32, resize_size=40, num_exo=2, seed=1)
+    on, off = AGD20KTrain(root, "Seen", **kw), AGD20KTrain(root, "Seen", reduced_decode=False, **kw)
+    changed = 0
+    for i in range(len(on)):
+        a, b = on[i], off[i]
+        assert a["exo_paths"] == b["exo_paths"]
+        if str(big_exo) in a["exo_paths"]:
+            changed += 1
+            diff = (a["exo"] - b["exo"]).abs()
+            assert 0 < float(diff.mean()) < 0.1  # normalised units: about 2 grey levels
+        else:
+            assert torch.equal(a["exo"], b["exo"]) and torch.equal(a["ego"], b["ego"])  # 48-px images: untouched
+    assert changed >= 1
+    on, off = AGD20KTest(root, "Seen", image_size=32), AGD20KTest(root, "Seen", image_size=32, reduced_decode=False)
+    for i in range(len(on)):
+        diff = (on[i]["image"] - off[i]["image"]).abs()
+        if on[i]["path"] == str(big_test):
+            assert 0 < float(diff.mean()) < 0.1
+        else:
+            assert float(diff.max()) == 0
+    # with part masks the egocentric image keeps its full size, the size of its mask
+    big_ego = sorted((root / "Seen/trainset/egocentric/hold/knife").glob("*.jpg"))[0]
+    cv2.imwrite(str(big_ego), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    mask = root / "Seen/masks/train_part/hold/knife" / f"{big_ego.stem}.png"
+    cv2.imwrite(str(mask), np.full((120, 160), 255, np.uint8))
+    masked = AGD20KTrain(root, "Seen", with_part_masks=True, **kw)
+    items = [masked[i] for i in range(len(masked)) if masked.folders[masked.samples[i][0]] == ("hold", "knife")]
+    assert any(it["ego_path"] == str(big_ego) for it in items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import cv2
 import pytest
@@ -105,6 +106,47 @@ def test_evaluate_rejects_bad_predictions() -> None:
         evaluate(lambda b: torch.full((len(b["gt"]), 4, 4), float("nan")), data, progress=False)
     with pytest.raises(TypeError, match="tensor"):
         evaluate(lambda b: [0.0], data, progress=False)
+
+
+class FlaggedTestSet(TinyTestSet):
+    """TinyTestSet whose items 2 and 7 failed to decode (as AGD20KTest flags them) and one file left out at build."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreadable = ["gone.jpg: truncated JPEG (no end-of-image marker)"]
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        bad = i in (2, 7)
+        if bad:
+            item.update(image=torch.zeros(3, 16, 16), gt=torch.zeros(8, 8))
+        return {**item, "readable": not bad, "problem": "Could not decode it" if bad else ""}
+
+
+def test_unreadable_items_are_left_out_counted_and_listed(caplog) -> None:
+    data = FlaggedTestSet()
+    with caplog.at_level(logging.WARNING, logger="utils.evaluation"):
+        result = evaluate(lambda b: b["gt"], data, batch_size=3, progress=False)
+    kept = [i for i in range(10) if i not in (2, 7)]
+    assert [r.index for r in result.records] == kept and result.maps.shape[0] == 8
+    s = result.summary
+    assert s["num_images"] == 8 and sum(d["count"] for d in s["per_affordance"].values()) == 8
+    assert s["unreadable"] == [
+        "gone.jpg: truncated JPEG (no end-of-image marker)",
+        "img_2.jpg: Could not decode it",
+        "img_7.jpg: Could not decode it",
+    ]
+    plain = evaluate(lambda b: b["gt"], torch.utils.data.Subset(TinyTestSet(), kept), progress=False)
+    assert s["KLD"] == pytest.approx(plain.summary["KLD"]) and plain.summary["unreadable"] == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "3 unreadable test image(s)" in warnings[0] and "img_7.jpg" in warnings[0]
+    assert "3 unreadable test image(s) left out of the means" in format_table(s)
+    # NaN maps of unreadable items are never scored, so they are no error
+    nan_for_bad = evaluate(lambda b: b["gt"] / b["readable"][:, None, None].float(), data, progress=False)
+    assert nan_for_bad.summary["num_images"] == 8
+    only_bad = torch.utils.data.Subset(data, [2, 7])
+    with pytest.raises(ValueError, match="no test image could be read"):
+        evaluate(lambda b: b["gt"], only_bad, progress=False)
 
 
 def test_format_table() -> None:

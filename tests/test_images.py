@@ -12,7 +12,9 @@ from datasets.images import (
     IMAGENET_STD,
     decode_image,
     denormalize,
+    image_file_problem,
     is_image_file,
+    jpeg_size,
     normalize,
     random_crop,
     random_flip,
@@ -88,6 +90,67 @@ def test_truncated_jpeg_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.jpg"):
         read_image(tmp_path / "cut.jpg")
     assert decode_image(data).shape == (64, 64, 3)  # the whole file is fine
+
+
+def test_image_file_problem_finds_cut_files_without_decoding(tmp_path):
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)
+    jpg, png = cv2.imencode(".jpg", img)[1].tobytes(), cv2.imencode(".png", img)[1].tobytes()
+    (tmp_path / "ok.jpg").write_bytes(jpg)
+    (tmp_path / "ok.png").write_bytes(png)
+    (tmp_path / "padded.jpg").write_bytes(jpg + b"\x00" * 100)  # camera padding after the marker is fine
+    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (tmp_path / "cut.png").write_bytes(png[: len(png) - 20])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert image_file_problem(tmp_path / "ok.jpg") is None and image_file_problem(tmp_path / "ok.png") is None
+    assert image_file_problem(tmp_path / "padded.jpg") is None
+    assert image_file_problem(tmp_path / "cut.jpg") == "truncated JPEG (no end-of-image marker)"
+    assert image_file_problem(tmp_path / "cut.png") == "truncated PNG (no IEND chunk)"
+    assert image_file_problem(tmp_path / "empty.jpg") == "empty file"
+    assert image_file_problem(tmp_path / "gone.jpg") == "missing"
+    with pytest.raises(ValueError, match=r"cut\.png.*truncated PNG"):
+        read_image(tmp_path / "cut.png")
+
+
+def _photo_jpeg(height: int, width: int, *flags: int) -> bytes:
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3)).astype(np.uint8), (0, 0), 2)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90, *flags])[1].tobytes()
+
+
+def test_jpeg_size_reads_the_frame_header():
+    assert jpeg_size(_photo_jpeg(48, 80)) == (48, 80)
+    assert jpeg_size(_photo_jpeg(48, 80, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)) == (48, 80)
+    assert jpeg_size(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()) is None
+    assert jpeg_size(b"\xff\xd8\xff\xda\x00\x02") is None  # scan data before any frame header
+
+
+def test_reduced_decode_keeps_the_shorter_side_and_stays_close():
+    data = _photo_jpeg(480, 640)
+    full = decode_image(data)
+    assert full.shape == (480, 640, 3)
+    # the largest of 1/2, 1/4, 1/8 that keeps the shorter side >= min_side; none below twice min_side
+    for min_side, shape in ((50, (60, 80)), (100, (120, 160)), (224, (240, 320)), (240, (240, 320)), (241, full.shape)):
+        assert decode_image(data, min_side=min_side).shape[:2] == shape[:2], min_side
+    np.testing.assert_array_equal(decode_image(data, min_side=241), full)  # exactly the full decode
+    reduced = decode_image(data, min_side=224)
+    same_size = cv2.resize(full, (320, 240), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(int) - same_size.astype(int)).mean() < 2.0
+    gray = cv2.imencode(".jpg", full[..., 0])[1].tobytes()
+    g = decode_image(gray, min_side=100)  # colour handling as in the full decode: three equal channels
+    assert g.shape == (120, 160, 3) and (g[..., 0] == g[..., 2]).all()
+    png = cv2.imencode(".png", full)[1].tobytes()
+    assert decode_image(png, min_side=50).shape == (480, 640, 3)  # only JPEGs have DCT scaling
+    with pytest.raises(ValueError, match="min_side must be a positive"):
+        decode_image(data, min_side=0)
+
+
+def test_max_side_and_min_side_together(tmp_path):
+    data = _photo_jpeg(480, 640)
+    assert decode_image(data, max_side=100).shape == (75, 100, 3)  # shrunk to max_side after a 1/4 decode
+    assert decode_image(data, max_side=100, min_side=200).shape == (75, 100, 3)  # max_side wins
+    (tmp_path / "a.jpg").write_bytes(data)
+    assert read_image(tmp_path / "a.jpg", min_side=224).shape == (240, 320, 3)
 
 
 def test_read_gt_and_mask(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -105,6 +106,30 @@ def test_fresh_model_checkpoint_with_pictures(script, world, tmp_path) -> None:
         script.main(["--config", str(world["config"]), "--checkpoint", str(world["checkpoint"]), "--no-progress"]) == 0
     )
     assert (world["checkpoint"].parent / "test-last" / "metrics.json").is_file()
+
+
+def test_unreadable_test_images_are_listed_and_the_rest_scored(script, world, tmp_path, capsys) -> None:
+    root = tmp_path / "world"
+    shutil.copytree(world["world"] / "Seen", root / "Seen")
+    shutil.copy(world["world"] / "classes.json", root / "classes.json")
+    images = sorted((root / "Seen" / "testset" / "egocentric").rglob("*.jpg"))
+    cut, corrupt = images[0], images[3]
+    cut.write_bytes(cut.read_bytes()[:150])  # truncated: left out when the test set is built
+    corrupt.write_bytes(b"\xff\xd8" + b"\x17" * 400 + b"\xff\xd9")  # whole container, fails when decoded
+    cfg = tmp_path / "cfg.yaml"  # the copied world without the generator (it would refuse a damaged world)
+    cfg.write_text(
+        world["config"].read_text().replace(str(world["world"]), str(root)).replace("enabled: true", "enabled: false")
+    )
+    out = tmp_path / "eval"
+    argv = ["--config", str(cfg), "--checkpoint", str(world["checkpoint"]), "--split", "Seen", "--out", str(out)]
+    assert script.main([*argv, "--viz", "1", "--num-workers", "1", "--no-progress"]) == 0
+    seen = json.loads((out / "metrics.json").read_text())["results"]["Seen"]
+    assert seen["num_images"] == len(images) - 2 and all(np.isfinite(seen[m]) for m in ("KLD", "SIM", "NSS"))
+    assert [u.split(": ", 1)[0] for u in seen["unreadable"]] == [str(cut), str(corrupt)]
+    assert "truncated JPEG" in seen["unreadable"][0] and "Could not decode" in seen["unreadable"][1]
+    per_image = json.loads((out / "Seen" / "per_image.json").read_text())
+    assert len(per_image) == len(images) - 2 and {str(cut), str(corrupt)}.isdisjoint(r["path"] for r in per_image)
+    assert "2 unreadable test image(s) left out of the means" in capsys.readouterr().out
 
 
 def test_single_image_inference(script, world, tmp_path, capsys) -> None:

@@ -170,7 +170,8 @@ class Evaluator:
         """JSON-serialisable summary.
 
         Returns:
-            ``{"num_images", "KLD", "SIM", "NSS", "zero_gt", "zero_gt_paths", "per_affordance", "per_object"}``;
+            ``{"num_images", "KLD", "SIM", "NSS", "zero_gt", "zero_gt_paths", "per_affordance", "per_object"}``
+            (:func:`evaluate` adds ``unreadable``, the test files left out);
             the overall values are plain means over images (None when nothing was recorded); ``per_affordance``
             and ``per_object`` map each name (sorted) to ``{"KLD", "SIM", "NSS", "count"}``.
         """
@@ -255,7 +256,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_maps(maps: Any, b: int, paths: Sequence[str]) -> torch.Tensor:
+def _check_maps(maps: Any, b: int, paths: Sequence[str], readable: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, h, w) float maps; raises on a wrong shape or on NaN/inf for a readable image."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"evaluate: predict_fn must return a (B, h, w) tensor, got {type(maps).__name__}")
     if maps.dim() == 4 and maps.shape[1] == 1:
@@ -266,6 +268,8 @@ def _check_maps(maps: Any, b: int, paths: Sequence[str]) -> torch.Tensor:
             f"{tuple(maps.shape)}"
         )
     finite = torch.isfinite(maps).flatten(1).all(dim=1)  # (B,)
+    if readable is not None:
+        finite = finite | ~readable.to(finite.device)  # an unreadable image's map is never scored
     if not bool(finite.all()):
         bad = [paths[i] for i in torch.nonzero(~finite).flatten().tolist()]
         raise ValueError(f"evaluate: predict_fn returned NaN/inf maps for {bad[:5]}; check the model or checkpoint")
@@ -292,7 +296,9 @@ def evaluate(
             (B, E, E), ``label``, ``affordance``, ``object``, ``path``, and the masks when the dataset has them),
             its tensors already on ``device``. Called under ``torch.no_grad()``.
         dataset: a test set whose items hold ``image``, ``gt``, ``affordance``, ``object``, ``path``
-            (``datasets.agd20k.AGD20KTest``).
+            (``datasets.agd20k.AGD20KTest``). Items with ``readable`` False (a file that failed to decode) are left
+            out of the metrics, as are the files the dataset left out when it was built (its ``unreadable``
+            list); both are listed in ``summary["unreadable"]`` ("path: reason") and logged once.
         batch_size: images per batch.
         num_workers: DataLoader workers (0 loads in this process).
         device: where ``predict_fn`` and the metrics run.
@@ -308,6 +314,9 @@ def evaluate(
 
     Returns:
         :class:`EvalResult` with the summary, the per-image records, the kept maps and the timings.
+
+    Raises:
+        ValueError: no image could be scored (an empty dataset, or every image unreadable).
     """
     device = torch.device(device)
     amp_dtype = resolve_amp_dtype(amp, device)
@@ -320,34 +329,43 @@ def evaluate(
     eval_size = (0, 0)
     start = time.perf_counter()
     index = 0
+    unreadable: dict[str, str] = {}  # path -> reason, for the files that failed to decode in the loop
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
             batch = _to_device(batch, device)
             gt = batch["gt"]  # (B, E, E)
             b = gt.shape[0]
             paths = list(batch.get("path", [""] * b))
+            readable = batch.get("readable")  # (B,) bool, or None for datasets without the flag
+            problems = batch.get("problem", [""] * b)
 
             _sync(device)
             t0 = time.perf_counter()
             with amp_context(device, amp_dtype):
-                maps = predict_fn(batch)
-            maps = _check_maps(maps, b, paths)
+                maps = predict_fn(batch)  # unreadable items (zero images) go through too: batch shapes stay fixed
+            maps = _check_maps(maps, b, paths, readable)
             _sync(device)
             t1 = time.perf_counter()
             eval_size = tuple(gt.shape[-2:])
+            keep = list(range(b))
+            if readable is not None and not bool(readable.all()):
+                flags = readable.tolist()
+                keep = [j for j in keep if flags[j]]
+                unreadable.update({paths[j]: problems[j] or "could not be decoded" for j in range(b) if not flags[j]})
             smalls = []
             with _intra_op_threads(metric_threads if device.type == "cpu" else None):
                 # A few images at a time keep the float64 maps in the CPU cache (see compute_metrics).
-                for s in range(0, b, _CHUNK):
-                    e = min(b, s + _CHUNK)
-                    pred = prepare_prediction(maps[s:e], eval_size)  # (b', E, E) float64 in [0, 1]
+                for s in range(0, len(keep), _CHUNK):
+                    rows = keep[s : s + _CHUNK]
+                    sel = torch.as_tensor(rows, device=maps.device)
+                    pred = prepare_prediction(maps[sel], eval_size)  # (b', E, E) float64 in [0, 1]
                     evaluator.update(
                         pred,
-                        gt[s:e],
-                        batch["affordance"][s:e],
-                        batch["object"][s:e],
-                        paths[s:e],
-                        range(index + s, index + e),
+                        gt[sel.to(gt.device)],
+                        [batch["affordance"][j] for j in rows],
+                        [batch["object"][j] for j in rows],
+                        [paths[j] for j in rows],
+                        [index + j for j in rows],
                     )
                     if keep_size is not None:
                         smalls.append(
@@ -362,9 +380,21 @@ def evaluate(
                 kept.append((small * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu())
             index += b
     total = time.perf_counter() - start
+    left_out = _unreadable_list(dataset, unreadable)
     if len(evaluator) == 0:
+        if left_out:
+            raise ValueError(f"evaluate: no test image could be read ({len(left_out)} unreadable, e.g. {left_out[:3]})")
         raise ValueError(f"evaluate: the dataset is empty ({type(dataset).__name__} has no test images)")
     summary = evaluator.summary()
+    summary["unreadable"] = left_out
+    if left_out:
+        logger.warning(
+            "%s: %d unreadable test image(s) left out of the metrics (listed under 'unreadable'): %s%s",
+            desc,
+            len(left_out),
+            "; ".join(left_out[:5]),
+            f" and {len(left_out) - 5} more" if len(left_out) > 5 else "",
+        )
     logger.info(
         "%s: %d images, KLD %.4f SIM %.4f NSS %.4f (metrics %.2f s, model %.2f s, total %.2f s)",
         desc,
@@ -389,6 +419,13 @@ def evaluate(
         total_seconds=total,
         eval_size=eval_size,
     )
+
+
+def _unreadable_list(dataset: Dataset, in_loop: dict[str, str]) -> list[str]:
+    """ "path: reason" of every file left out: the dataset's own list (built before the loop), then the loop's."""
+    out = [str(u) for u in getattr(dataset, "unreadable", [])]
+    seen = {u.split(": ", 1)[0] for u in out}
+    return out + [f"{p}: {why}" for p, why in in_loop.items() if p not in seen]
 
 
 # ------------------------------------------------------------------------------------------------------ table
@@ -416,6 +453,9 @@ def format_table(summary: dict[str, Any], per_object: bool = False, title: str =
     lines += [header, rule, row("overall", summary, summary["num_images"])]
     if summary.get("zero_gt"):
         lines.append(f"  ({summary['zero_gt']} image(s) with an all-zero GT map, scored 0 and counted in the means)")
+    if summary.get("unreadable"):
+        lines.append(f"  ({len(summary['unreadable'])} unreadable test image(s) left out of the means, listed under "
+                     "'unreadable' in metrics.json)")  # fmt: skip
     for section, key in [("affordance", "per_affordance"), ("object", "per_object")][: 2 if per_object else 1]:
         lines += [rule, f"per {section}:"]
         lines += [row(name, d, d["count"]) for name, d in summary.get(key, {}).items()]

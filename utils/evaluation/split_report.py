@@ -122,6 +122,7 @@ def final_report(
         "per_object": summary["per_object"],
         "images": summary["num_images"],
         "zero_gt": summary["zero_gt"],
+        "unreadable": summary.get("unreadable", []),
         "epochs": epochs_done,
         "history": history,
         "eval_seconds": last["result"].timing(),
