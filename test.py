@@ -280,14 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate (or predict); returns the process exit status (2 for a bad config, checkpoint or path)."""
     args = parse_args(argv)
 
+    from datasets.synthetic import WorldFolderError
     from utils.config import ConfigError
     from utils.engine.checkpoint import CheckpointError, CheckpointMismatchError
     from utils.engine.runtime import setup_logging
 
     setup_logging(None)
+    expected = (ConfigError, CheckpointError, CheckpointMismatchError, FileNotFoundError, ImageInputError)
     try:
         return _run(args)
-    except (ConfigError, CheckpointError, CheckpointMismatchError, FileNotFoundError, ImageInputError) as e:
+    except (*expected, WorldFolderError) as e:
         # These messages already say what was expected and what to do: no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -324,6 +326,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # ================================================================================================= data
     from datasets.agd20k import AGD20KTest
+    from datasets.loader import resolve_num_workers
 
     _ensure_data(cfg)
     if args.split:
@@ -365,7 +368,7 @@ def _run(args: argparse.Namespace) -> int:
             predict_fn,
             test_set,
             batch_size=args.batch_size or cfg.eval.batch_size,
-            num_workers=cfg.data.num_workers if args.num_workers is None else args.num_workers,
+            num_workers=resolve_num_workers(cfg.data.num_workers if args.num_workers is None else args.num_workers),
             device=device,
             progress=not args.no_progress,
             amp=args.amp,

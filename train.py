@@ -174,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from datasets.synthetic import WorldFolderError
     from utils.config import ConfigError
     from utils.engine.checkpoint import CheckpointError, CheckpointMismatchError
     from utils.engine.trainer import NonFiniteLossError
 
+    expected = (ConfigError, CheckpointError, CheckpointMismatchError, NonFiniteLossError, FileNotFoundError)
     try:
         sys.exit(main())
-    except (ConfigError, CheckpointError, CheckpointMismatchError, NonFiniteLossError, FileNotFoundError) as err:
+    except (*expected, WorldFolderError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["available_cpus", "clamp_num_workers", "default_num_workers", "measure_loader_rate"]
+__all__ = [
+    "available_cpus",
+    "clamp_num_workers",
+    "default_num_workers",
+    "measure_loader_rate",
+    "resolve_num_workers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +137,9 @@ def measure_loader_rate(loader: Iterable, max_batches: int | None = None, warmup
         "seconds": seconds,
         "startup_s": timed_from - start,
     }
+
+
+def resolve_num_workers(requested: int) -> int:
+    """The worker count a configuration asks for: -1 picks :func:`default_num_workers`, other values are clamped
+    to the usable CPUs (:func:`clamp_num_workers`)."""
+    return default_num_workers() if requested == -1 else clamp_num_workers(requested)

@@ -172,7 +172,7 @@ class AGD20KTest(Dataset):
     ) -> AGD20KTest:
         """The test set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``, GT cache too).
 
-        ``reduced_decode`` is ``cfg.data.reduced_decode`` (True when the configuration has no such key).
+        ``reduced_decode`` is ``cfg.data.reduced_decode``.
         """
         return cls(
             cfg.data.root,
@@ -182,7 +182,7 @@ class AGD20KTest(Dataset):
             class_names=class_names,
             with_masks=with_masks,
             cache_dir=cfg.data.gt_cache or None,
-            reduced_decode=getattr(cfg.data, "reduced_decode", True),
+            reduced_decode=cfg.data.reduced_decode,
         )
 
     def __len__(self) -> int:

@@ -171,7 +171,7 @@ class AGD20KTrain(Dataset):
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode`` is ``cfg.data.reduced_decode`` (True when the configuration has no such key).
+        ``reduced_decode`` is ``cfg.data.reduced_decode``.
         """
         return cls(
             cfg.data.root,
@@ -182,7 +182,7 @@ class AGD20KTrain(Dataset):
             seed=cfg.seed if seed is None else seed,
             class_names=class_names,
             with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
-            reduced_decode=getattr(cfg.data, "reduced_decode", True),
+            reduced_decode=cfg.data.reduced_decode,
         )
 
     def __len__(self) -> int:

@@ -87,7 +87,16 @@ class DataConfig:
     resize_size: int = _f(256, "Training images are resized so that their shorter side has this length, then cropped.")
     eval_size: int = _f(224, "Resolution at which predictions and GT are compared (the published protocol: 224).")
     num_exo: int = _f(3, "Exocentric images per training sample (anchor + partners from the same folder).")
-    num_workers: int = _f(4, "DataLoader worker processes. 0 loads in the main process (easiest to debug).")
+    num_workers: int = _f(
+        -1,
+        "DataLoader worker processes: -1 picks one per usable CPU but one (at most 8); 0 loads in the main process "
+        "(easiest to debug). More than the usable CPUs are lowered to that, with one warning.",
+    )
+    reduced_decode: bool = _f(
+        True,
+        "Decode a JPEG at 1/2, 1/4 or 1/8 size (in the DCT domain, like a good downscale) when it stays at least as "
+        "large as the transform needs; off decodes every pixel, as the published code does.",
+    )
     gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy); empty disables the cache.")
     synthetic: SyntheticConfig = _section(SyntheticConfig, "The offline synthetic world (datasets/synthetic.py).")
 

@@ -62,7 +62,6 @@ def validate(cfg: Config) -> None:
         _check(value >= 1, key, value, "a positive integer")
     _check(d.resize_size >= d.image_size, "data.resize_size", d.resize_size, f">= data.image_size ({d.image_size})")
     for key, value in (
-        ("data.num_workers", d.num_workers),
         ("train.max_steps_per_epoch", t.max_steps_per_epoch),
         ("train.lr_step", t.lr_step),
         ("eval.every", cfg.eval.every),
@@ -73,6 +72,7 @@ def validate(cfg: Config) -> None:
         ("loss.proto_warmup_epochs", cfg.loss.proto_warmup_epochs),
     ):
         _check(value >= 0, key, value, "an integer >= 0")
+    _check(d.num_workers >= -1, "data.num_workers", d.num_workers, "-1 (one per usable CPU) or a count >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
     _check(t.head_lr_mult > 0, "train.head_lr_mult", t.head_lr_mult, "a positive multiplier")
     _check(t.bias_lr_mult > 0, "train.bias_lr_mult", t.bias_lr_mult, "a positive multiplier")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from datasets.loader import resolve_num_workers
 from utils.config import Config
 from utils.engine.distributed import DistInfo
 from utils.engine.runtime import seed_worker
@@ -79,7 +80,7 @@ def build_train_loader(dataset: Dataset, cfg: Config, dist: DistInfo, device: to
         dataset,
         batch_size=bs,
         sampler=sampler,
-        num_workers=cfg.data.num_workers,
+        num_workers=resolve_num_workers(cfg.data.num_workers),
         drop_last=True,  # BatchNorm and the per-batch k-means want full batches
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker,

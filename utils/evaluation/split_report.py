@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from datasets.loader import resolve_num_workers
 from utils.config import Config
 from utils.engine.distributed import unwrap_model
 
@@ -56,7 +57,7 @@ def evaluate_model(
         model_predict_fn(unwrap_model(model), cfg.data.eval_size),
         test_set,
         batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=resolve_num_workers(cfg.data.num_workers),
         device=device,
         progress=sys.stderr.isatty(),
         amp="off",  # reported numbers come from fp32 maps, as test.py's, whatever the training precision
@@ -103,7 +104,7 @@ def final_report(
             build_baseline(name),
             test_set,
             batch_size=cfg.eval.batch_size,
-            num_workers=cfg.data.num_workers,
+            num_workers=resolve_num_workers(cfg.data.num_workers),
             device=device,
             progress=False,
             keep_size=None,
