@@ -33,6 +33,13 @@ class Features(_Fields):
     descriptors: torch.Tensor
     cls_attn: torch.Tensor
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Features:
+        """Both tensors moved to ``device`` and/or cast to ``dtype`` (non-blocking from pinned memory)."""
+        return Features(
+            self.descriptors.to(device=device, dtype=dtype, non_blocking=True),
+            self.cls_attn.to(device=device, dtype=dtype, non_blocking=True),
+        )
+
     def split(self, sizes: list[int]) -> list[Features]:
         """Split along the batch axis into consecutive chunks of the given sizes."""
         desc, attn = self.descriptors.split(sizes), self.cls_attn.split(sizes)

@@ -31,6 +31,11 @@ class AGD20KTrain(Dataset):
     (seed, epoch, index), so an item is the same whichever DataLoader worker loads it; call ``set_epoch`` at the
     start of each epoch, before iterating the loader (persistent workers see it too).
 
+    With ``views = K > 0`` every image has K fixed augmented views instead of a fresh crop and flip at each use: view
+    v of an image is the crop and flip drawn from (``view_seed``, the image's index in :attr:`images`, v), and each
+    use of an image picks one of its views with the sample's generator. A feature cache of the frozen backbone
+    (``utils.engine.feature_cache``) stores exactly these views, so a cached run sees the same inputs.
+
     Args:
         root: dataset root (see ``datasets.agd20k`` for the layout).
         split: "Seen" or "Unseen" (or another split folder of a custom dataset).
@@ -48,6 +53,8 @@ class AGD20KTrain(Dataset):
             full-size photos, a small resampling difference (``datasets.images.decode_image``). Smaller images
             decode exactly as without it. Off: every image is decoded at full size. The egocentric image is always
             decoded at full size with ``with_part_masks`` (its mask has the full size).
+        views: K fixed augmented views per image (0: a fresh crop and flip at every use).
+        view_seed: seed of the views (independent of ``seed``, so runs with other training seeds share them).
     """
 
     def __init__(
@@ -61,6 +68,8 @@ class AGD20KTrain(Dataset):
         class_names: Sequence[str] | None = None,
         with_part_masks: bool = False,
         reduced_decode: bool = True,
+        views: int = 0,
+        view_seed: int = 0,
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -74,6 +83,9 @@ class AGD20KTrain(Dataset):
         self.seed = seed
         self.with_part_masks = with_part_masks
         self.reduced_decode = reduced_decode
+        if views < 0:
+            raise ValueError(f"views must be >= 0 (0: a fresh augmentation at every use), got {views}")
+        self.views, self.view_seed = int(views), int(view_seed)
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -125,6 +137,11 @@ class AGD20KTrain(Dataset):
         for (aff, _), files in zip(self.folders, self._exo_files):
             self._aff_exo_pool.setdefault(aff, []).extend(files)
         self._bad: set[str] = set()
+        #: Every image a sample can use (exocentric files and egocentric pools), sorted: a view's identity.
+        self.images: list[str] = sorted(
+            {f for files in self._exo_files for f in files} | {f for pool in self._ego_pool for f in pool}
+        )
+        self._image_id = {path: i for i, path in enumerate(self.images)}
         if with_part_masks:
             missing = [p for pool in self._ego_pool for p in pool if not self._part_mask_path(p).is_file()]
             if missing:
@@ -167,11 +184,13 @@ class AGD20KTrain(Dataset):
         seed: int | None = None,
         class_names: Sequence[str] | None = None,
         with_part_masks: bool | None = None,
+        **kwargs: Any,
     ) -> AGD20KTrain:
-        """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
+        """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``); ``kwargs``
+        go to the constructor as they are.
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode`` is ``cfg.data.reduced_decode``.
+        ``reduced_decode``, ``views`` and ``view_seed`` come from ``cfg.data``.
         """
         return cls(
             cfg.data.root,
@@ -183,6 +202,9 @@ class AGD20KTrain(Dataset):
             class_names=class_names,
             with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
             reduced_decode=cfg.data.reduced_decode,
+            views=cfg.data.views,
+            view_seed=cfg.data.view_seed,
+            **kwargs,
         )
 
     def __len__(self) -> int:
@@ -192,22 +214,27 @@ class AGD20KTrain(Dataset):
         p = Path(ego_path)
         return self.root / self.split / "masks" / "train_part" / p.parent.parent.name / p.parent.name / f"{p.stem}.png"
 
-    def _read(
-        self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int, full_size: bool = False
-    ) -> tuple[np.ndarray, str]:
-        """Decode ``path``; if unreadable, the first readable file of a seeded permutation of each pool in turn.
+    def _candidates(self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int) -> list[str]:
+        """``path``, then a seeded permutation of each pool in turn: the replacements of an unreadable image.
 
-        Large JPEGs are decoded at a reduced scale (``reduced_decode``) unless ``full_size``.
-
-        The replacement depends only on (seed, epoch, index, slot) and on which files are readable, not on what
-        this process met before, so runs stay reproducible across workers.
+        The order depends only on (seed, epoch, index, slot), not on what this process met before, so runs stay
+        reproducible across workers.
         """
-        min_side = self.resize_size if self.reduced_decode and not full_size else None
         candidates = [path]
         for k, pool in enumerate(pools):
             perm = np.random.default_rng([self.seed, self.epoch, index, slot, k]).permutation(len(pool))
             candidates += [pool[j] for j in perm]
-        for cand in candidates:
+        return candidates
+
+    def _read(
+        self, path: str, pools: Sequence[Sequence[str]], index: int, slot: int, full_size: bool = False
+    ) -> tuple[np.ndarray, str]:
+        """Decode ``path``; if unreadable, the first readable one of :meth:`_candidates`.
+
+        Large JPEGs are decoded at a reduced scale (``reduced_decode``) unless ``full_size``.
+        """
+        min_side = self.resize_size if self.reduced_decode and not full_size else None
+        for cand in self._candidates(path, pools, index, slot):
             if cand in self._bad:
                 continue
             try:
@@ -222,42 +249,71 @@ class AGD20KTrain(Dataset):
             "Run `python -m datasets.agd20k ROOT --split SPLIT` to list them."
         )
 
+    def view_rng(self, path: str, view: int) -> np.random.Generator:
+        """The generator of view ``view`` of the image at ``path`` (its crop and flip)."""
+        return np.random.default_rng([self.view_seed, self._image_id[path], view])
+
+    def _augment_rng(self, path: str, rng: np.random.Generator) -> tuple[np.random.Generator, int]:
+        """(generator of the crop and flip, view index): the sample's own without views (view -1), else one view's."""
+        if not self.views:
+            return rng, -1
+        view = int(rng.integers(self.views))
+        return self.view_rng(path, view), view
+
+    def _partners(self, files: Sequence[str], j: int, rng: np.random.Generator) -> list[str]:
+        """The ``num_exo - 1`` other exocentric images of the anchor ``files[j]``'s folder."""
+        others = [f for k, f in enumerate(files) if k != j]
+        need = self.num_exo - 1
+        if len(others) >= need:
+            return [others[k] for k in rng.choice(len(others), size=need, replace=False)]
+        return [files[k] for k in rng.integers(0, len(files), size=need)]  # small folder: repeat images
+
     def __getitem__(self, index: int) -> dict:
         folder, j = self.samples[index]
         aff, obj = self.folders[folder]
         files = self._exo_files[folder]
-        epoch = self.epoch
-        rng = np.random.default_rng([self.seed, epoch, index])
-        others = [f for k, f in enumerate(files) if k != j]
-        need = self.num_exo - 1
-        if len(others) >= need:
-            partners = [others[k] for k in rng.choice(len(others), size=need, replace=False)]
-        else:  # small folder: repeat images (the anchor included) rather than fail
-            partners = [files[k] for k in rng.integers(0, len(files), size=need)]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         exo_pools = (files, self._aff_exo_pool[aff])
-        exo_imgs, exo_paths = [], []
-        for slot, path in enumerate([files[j], *partners]):
-            img, used = self._read(path, exo_pools, index, slot)
-            exo_imgs.append(train_transform(img, self.resize_size, self.image_size, rng))
-            exo_paths.append(used)
+        exo = [
+            self._load(p, exo_pools, index, slot, rng)
+            for slot, p in enumerate([files[j], *self._partners(files, j, rng)])
+        ]
         ego_pool = self._ego_pool[folder]
         ego_choice = ego_pool[int(rng.integers(0, len(ego_pool)))]
-        ego_img, ego_path = self._read(ego_choice, (ego_pool,), index, self.num_exo, full_size=self.with_part_masks)
-        extra = {}
-        if self.with_part_masks:
-            mask = read_mask(self._part_mask_path(ego_path), None)  # (H, W) in {0, 1}
-            ego, extra["ego_part_mask"] = train_transform_with_mask(
-                ego_img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, rng
-            )
-        else:
-            ego = train_transform(ego_img, self.resize_size, self.image_size, rng)  # (3, S, S)
+        ego = self._load(ego_choice, (ego_pool,), index, self.num_exo, rng, ego=True)
         return {
-            "exo": torch.stack(exo_imgs),  # (n, 3, S, S)
-            "ego": ego,
-            **extra,
+            **self._collate_views(exo, ego),
             "label": self._label[aff],
             "affordance": aff,
             "object": obj,
-            "exo_paths": exo_paths,
-            "ego_path": ego_path,
+            "exo_paths": [e["path"] for e in exo],
+            "ego_path": ego["path"],
         }
+
+    def _load(
+        self,
+        path: str,
+        pools: Sequence[Sequence[str]],
+        index: int,
+        slot: int,
+        rng: np.random.Generator,
+        ego: bool = False,
+    ) -> dict[str, Any]:
+        """One image of a sample: ``path`` or its replacement, augmented (and the egocentric part mask)."""
+        with_mask = ego and self.with_part_masks
+        img, used = self._read(path, pools, index, slot, full_size=with_mask)
+        aug, _ = self._augment_rng(used, rng)
+        if not with_mask:
+            return {"image": train_transform(img, self.resize_size, self.image_size, aug), "path": used}  # (3, S, S)
+        mask = read_mask(self._part_mask_path(used), None)  # (H, W) in {0, 1}
+        image, part = train_transform_with_mask(
+            img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, aug
+        )
+        return {"image": image, "ego_part_mask": part, "path": used}
+
+    def _collate_views(self, exo: list[dict[str, Any]], ego: dict[str, Any]) -> dict[str, Any]:
+        """The image tensors of a sample: ``exo`` (n, 3, S, S), ``ego`` (3, S, S) (and ``ego_part_mask``)."""
+        out = {"exo": torch.stack([e["image"] for e in exo]), "ego": ego["image"]}
+        if "ego_part_mask" in ego:
+            out["ego_part_mask"] = ego["ego_part_mask"]
+        return out

@@ -92,6 +92,12 @@ class DataConfig:
         "DataLoader worker processes: -1 picks one per usable CPU but one (at most 8); 0 loads in the main process "
         "(easiest to debug). More than the usable CPUs are lowered to that, with one warning.",
     )
+    views: int = _f(
+        0,
+        "Augmented views per training image: 0 draws a fresh crop and flip at every use (the published recipe); K > 0 "
+        "gives every image K fixed views and each use picks one, which is what train.cache stores.",
+    )
+    view_seed: int = _f(0, "Seed of the fixed views (independent of the training seed, so runs can share a cache).")
     reduced_decode: bool = _f(
         True,
         "Decode a JPEG at 1/2, 1/4 or 1/8 size (in the DCT domain, like a good downscale) when it stays at least as "
@@ -254,6 +260,19 @@ class TrainConfig:
         ("auto", "bf16", "off"),
     )
     grad_clip: float = _f(0.0, "Clip the gradient norm to this value; 0 disables clipping.")
+    cache: bool = _f(
+        False,
+        "Compute the frozen backbone's features of every training image's data.views views once, store them on disk "
+        "(train.cache_dir, memory-mapped) and train the heads on them: every epoch after the build skips the backbone. "
+        "Reused by later runs with the same backbone, weights, image size and views; rebuilt when any changes.",
+    )
+    cache_dir: str = _f("cache", "Folder of the feature caches (one sub-folder per dataset split and backbone).")
+    cache_dtype: str = _f(
+        "float16",
+        "Storage precision of the cached features: float16 (half the disk) or float32 (exactly the backbone's "
+        "fp32 output).",
+        ("float16", "float32"),
+    )
     max_steps_per_epoch: int = _f(0, "Stop each epoch after this many steps (0: the whole dataset). For quick checks.")
     log_every: int = _f(20, "Log training scalars every this many steps.")
 

@@ -73,6 +73,19 @@ def validate(cfg: Config) -> None:
     ):
         _check(value >= 0, key, value, "an integer >= 0")
     _check(d.num_workers >= -1, "data.num_workers", d.num_workers, "-1 (one per usable CPU) or a count >= 0")
+    _check(d.views >= 0, "data.views", d.views, "0 (a fresh augmentation at every use) or a number of views")
+    _check(
+        not t.cache or d.views > 0,
+        "train.cache",
+        t.cache,
+        "false unless data.views > 0: the cache stores a fixed number of views per image (e.g. data.views=4)",
+    )
+    _check(
+        not (t.cache and m.extensions.oracle_prototypes),
+        "train.cache",
+        t.cache,
+        "false with model.extensions.oracle_prototypes (the oracle needs each view's part mask, which is not cached)",
+    )
     _check(t.lr > 0, "train.lr", t.lr, "a positive learning rate")
     _check(t.head_lr_mult > 0, "train.head_lr_mult", t.head_lr_mult, "a positive multiplier")
     _check(t.bias_lr_mult > 0, "train.bias_lr_mult", t.bias_lr_mult, "a positive multiplier")

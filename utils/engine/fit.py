@@ -7,6 +7,7 @@ sections. Everything it writes goes into the split's folder of the run.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def train_split(
         resume: a checkpoint to continue from (None: start afresh).
     """
     from datasets.agd20k import AGD20KTest, AGD20KTrain
+    from datasets.agd20k.cached import collate_cached
     from models.build import build_model
     from models.criterion import build_criterion
     from utils.engine.checkpoint import (
@@ -87,7 +89,22 @@ def train_split(
         test_set = AGD20KTest.from_config(
             cfg, split, class_names=class_names, with_masks="object" in cfg.eval.baselines
         )
-    loader = build_train_loader(train_set, cfg, dist, device)
+
+    # =============================================================================================== model
+    logger.info("==================== %s: model ====================", split)
+    seed_everything(cfg.seed)  # each split's model starts from the same seed whatever ran before it
+    model = build_model(cfg, class_names).to(device)
+    train_model = wrap_ddp(model, device)
+    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
+    logger.info("device %s, autocast %s", device, amp_dtype or "off (fp32)")
+
+    # ======================================================================================= feature cache
+    collate = None
+    if cfg.train.cache:
+        logger.info("==================== %s: feature cache ====================", split)
+        train_set = cached_train_set(model, train_set, cfg, split, dist, device, amp_dtype)
+        collate = collate_cached
+    loader = build_train_loader(train_set, cfg, dist, device, collate_fn=collate)
     logger.info(
         "%s: %d training samples (%d steps/epoch of %d), %d test images, %d classes",
         split,
@@ -97,14 +114,6 @@ def train_split(
         len(test_set) if test_set is not None else 0,
         len(class_names),
     )
-
-    # =============================================================================================== model
-    logger.info("==================== %s: model ====================", split)
-    seed_everything(cfg.seed)  # each split's model starts from the same seed whatever ran before it
-    model = build_model(cfg, class_names).to(device)
-    train_model = wrap_ddp(model, device)
-    amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
-    logger.info("device %s, autocast %s", device, amp_dtype or "off (fp32)")
 
     # ================================================================================================ loss
     logger.info("==================== %s: loss ====================", split)
@@ -273,3 +282,31 @@ def train_split(
         if writer is not None:
             writer.close()
     return report
+
+
+def cached_train_set(model: Any, train_set: Any, cfg: Any, split: str, dist: Any, device: Any, amp_dtype: Any) -> Any:
+    """``train_set`` served from the feature cache of its views: rank 0 builds (or reuses) the cache, the other
+    ranks wait for it and open it."""
+    from datasets.agd20k.cached import CachedTrainSet
+    from datasets.feature_store import FeatureStore
+    from datasets.loader import resolve_num_workers
+    from utils.engine.distributed import barrier, broadcast_object
+    from utils.engine.feature_cache import prepare_feature_cache
+
+    folder = None
+    if dist.is_main:
+        store = prepare_feature_cache(
+            model,
+            train_set,
+            cfg.train.cache_dir,
+            device,
+            dtype=cfg.train.cache_dtype,
+            amp_dtype=amp_dtype,
+            batch_size=cfg.eval.batch_size,
+            num_workers=resolve_num_workers(cfg.data.num_workers),
+            progress=sys.stderr.isatty(),
+        )
+        folder = str(store.folder)
+    folder = broadcast_object(folder)
+    barrier()
+    return CachedTrainSet.from_config(cfg, split, class_names=train_set.class_names, store=FeatureStore(folder))

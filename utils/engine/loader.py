@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datasets.loader import resolve_num_workers
+from models.outputs import Features
 from utils.config import Config
 from utils.engine.distributed import DistInfo
 from utils.engine.runtime import seed_worker
@@ -54,11 +55,17 @@ class SeededShuffleSampler(Sampler[int]):
         return self.num_samples
 
 
-def build_train_loader(dataset: Dataset, cfg: Config, dist: DistInfo, device: torch.device) -> DataLoader:
+def build_train_loader(
+    dataset: Dataset,
+    cfg: Config,
+    dist: DistInfo,
+    device: torch.device,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:
     """The training loader: seeded shuffling (distributed or not), full batches only, seeded workers.
 
-    Workers are not persistent: each epoch's workers receive the dataset after its ``set_epoch``, which is what
-    makes the pairing depend on (seed, epoch, index) only.
+    An item depends on (seed, epoch, index) only (the dataset's epoch lives in shared memory), so the workers are
+    kept from one epoch to the next. On CUDA, batches come in pinned memory and each worker prepares two ahead.
 
     Raises:
         ValueError: the dataset cannot fill a single batch on every process.
@@ -76,16 +83,19 @@ def build_train_loader(dataset: Dataset, cfg: Config, dist: DistInfo, device: to
             f"the training set has {len(dataset)} samples, {per_process} per process, fewer than train.batch_size="
             f"{bs}: lower train.batch_size or use fewer processes"
         )
+    workers = resolve_num_workers(cfg.data.num_workers)
     return DataLoader(
         dataset,
         batch_size=bs,
         sampler=sampler,
-        num_workers=resolve_num_workers(cfg.data.num_workers),
+        num_workers=workers,
+        collate_fn=collate_fn,
         drop_last=True,  # BatchNorm and the per-batch k-means want full batches
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed),
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
 
@@ -101,5 +111,13 @@ def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
 
 
 def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors of a batch moved to ``device`` (non-blocking from pinned memory); other values kept as they are."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Tensors of a batch moved to ``device`` (non-blocking from pinned memory), cached features also cast to
+    float32; other values kept as they are."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+        elif isinstance(v, Features):
+            v = v.to(device, torch.float32)
+        out[k] = v
+    return out

@@ -56,6 +56,26 @@ def _check_finite(values: dict[str, float], epoch: int, step: int, global_step: 
         )
 
 
+def _view_images(loader: Any, batch: Mapping[str, Any], num: int) -> dict[str, torch.Tensor]:
+    """``ego`` (k, 3, S, S) and ``exo`` (k, n, 3, S, S) images of the first k samples of a cached batch, decoded
+    again for the pictures (the batch itself holds only their features)."""
+    dataset = loader.dataset
+    k = min(num, len(batch["ego_path"]))
+    ego = torch.stack([dataset.view_image(batch["ego_path"][i], int(batch["ego_view"][i])) for i in range(k)])
+    exo = torch.stack(
+        [
+            torch.stack(
+                [
+                    dataset.view_image(paths[i], int(batch["exo_views"][i, s]))
+                    for s, paths in enumerate(batch["exo_paths"])
+                ]
+            )
+            for i in range(k)
+        ]
+    )
+    return {"ego": ego, "exo": exo}
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: Criterion,
@@ -168,7 +188,8 @@ def train_one_epoch(
             from utils.viz.panels import training_panel  # local: only needed when pictures are on
 
             try:
-                pic = training_panel(out, batch, class_names or unwrap_model(model).class_names, cfg.viz.num)
+                shown = batch if "ego" in batch else {**batch, **_view_images(loader, batch, cfg.viz.num)}
+                pic = training_panel(out, shown, class_names or unwrap_model(model).class_names, cfg.viz.num)
             except Exception as e:  # a picture must never stop training
                 logger.warning("could not draw the training picture at step %d: %s", global_step, e)
             else:
