@@ -45,7 +45,7 @@ the configuration stored in the checkpoint."""
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments; ``--help`` documents each option and lists the configuration keys."""
-    from utils.config import config_help
+    from utils.config import BASELINES, config_help
 
     p = argparse.ArgumentParser(
         prog="test.py",
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--baseline",
-        choices=("center", "uniform", "object"),
+        choices=BASELINES,
         default=None,
         help="Evaluate a model-free baseline through the same code path instead of a model: 'center' (centred "
         "Gaussian), 'uniform', or 'object' (blurred object mask; needs masks, which only the synthetic world has). "

@@ -25,6 +25,7 @@ from einops import einsum, rearrange
 from torch import nn
 
 from models.outputs import Features
+from models.state_dict import compare_state_dicts
 
 __all__ = [
     "DESCRIPTORS",
@@ -151,23 +152,10 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> None:
         ValueError: the file does not fit the model (the message lists what differs).
     """
     state = clean_vit_state_dict(read_state_dict(path), model)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-
-        def _list(items: list[str]) -> str:
-            shown = ", ".join(items[:20])
-            return f"{shown}, ... ({len(items)} in all)" if len(items) > 20 else shown or "none"
-
+    diff = compare_state_dicts(model.state_dict(), state)
+    if not diff.ok:
         raise ValueError(
-            f"backbone weights {path} do not fit {type(model).__name__}: missing keys: {_list(missing)}; "
-            f"unexpected keys: {_list(unexpected)}; shape mismatches: {_list(mismatched)}. Check that "
+            f"backbone weights {path} do not fit {type(model).__name__}: {diff.describe()}. Check that "
             "model.backbone.name matches the file (e.g. vit_small_patch16_224.dino for dino_deitsmall16_pretrain.pth)."
         )
     model.load_state_dict(state, strict=True)

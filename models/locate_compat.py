@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.backbone import read_state_dict
+from models.state_dict import compare_state_dicts
 
 __all__ = ["convert_locate_state_dict", "interleaved_to_head_major", "load_locate_checkpoint"]
 
@@ -106,19 +107,10 @@ def load_locate_checkpoint(model: nn.Module, source: str | Path | dict[str, torc
         )
     state = source if isinstance(source, dict) else read_state_dict(source)
     state = convert_locate_state_dict(state, backbone.num_heads, backbone.head_dim)
-    expected = model.state_dict()
-    frozen = model.frozen_prefixes()
-    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(frozen))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
+    diff = compare_state_dicts(model.state_dict(), state, "checkpoint", optional_prefixes=model.frozen_prefixes())
+    if not diff.ok:
         raise ValueError(
-            f"LOCATE checkpoint does not fit the model: missing {missing[:20]} ({len(missing)}), unexpected "
-            f"{unexpected[:20]} ({len(unexpected)}), shape mismatches {mismatched[:20]}. Check the number of classes "
+            f"LOCATE checkpoint does not fit the model: {diff.describe()}. Check the number of classes "
             "(Seen 36 / Unseen 25) and the backbone (LOCATE: vit_small_patch16_224.dino)."
         )
     model.load_state_dict(state, strict=False)

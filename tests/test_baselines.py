@@ -84,3 +84,12 @@ def test_baselines_on_a_tiny_synthetic_world(tmp_path) -> None:
     assert scores["object"]["KLD"] < scores["uniform"]["KLD"]
     assert scores["object"]["SIM"] > scores["uniform"]["SIM"]
     assert scores["object"]["NSS"] > 0
+
+
+def test_every_configurable_baseline_exists() -> None:
+    from utils.config import BASELINES
+    from utils.evaluation.baselines import build_baseline
+
+    assert all(callable(build_baseline(name)) for name in BASELINES)
+    with pytest.raises(ValueError, match="expected one of center, uniform, object"):
+        build_baseline("median")

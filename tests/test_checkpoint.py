@@ -214,12 +214,12 @@ def test_load_model_state_reports_shape_and_key_differences(tmp_path: Path) -> N
         tmp_path / "last.pth", model=TinyGrounder(), cfg=_cfg(), class_names=CLASSES, epoch=0, step=0
     )
     with pytest.raises(
-        CheckpointMismatchError, match=r"different shapes.*aff_fc\.weight: checkpoint \(3, 4\) vs model \(5, 4\)"
+        CheckpointMismatchError, match=r"shape mismatches.*aff_fc\.weight: checkpoint \(3, 4\) vs model \(5, 4\)"
     ):
         load_model_state(TinyGrounder(num_classes=5), load_checkpoint(path))
     bigger = TinyGrounder()
     bigger.extra = nn.Linear(2, 2)
-    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint.*extra\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(2\): extra\.bias, extra\.weight"):
         load_model_state(bigger, load_checkpoint(path))
 
 

@@ -112,7 +112,7 @@ def test_checkpoint_without_backbone_weights_loads_into_frozen_model():
 
 def test_mismatches_are_reported():
     state, _ = locate_checkpoint()
-    with pytest.raises(ValueError, match=r"shape mismatches \['aff_fc\.bias: \(4,\) vs \(3,\)'"):
+    with pytest.raises(ValueError, match=r"shape mismatches \(1\): aff_fc\.bias: checkpoint \(4,\) vs model \(3,\)"):
         load_locate_checkpoint(make_model(classes=NAMES[:3]), state)
     with pytest.raises(ValueError, match="need key descriptors"):
         load_locate_checkpoint(make_model(descriptor="token"), state)

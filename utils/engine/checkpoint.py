@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.state_dict import compare_state_dicts
 from utils.config import Config, config_to_dict, load_config
 from utils.engine.distributed import unwrap_model
 
@@ -401,27 +402,12 @@ def load_model_state(
     if cfg is not None:
         check_compatibility(ckpt, cfg, class_names)
     stored: dict[str, torch.Tensor] = ckpt["model"]
-    own = model.state_dict()
     named = tuple((ckpt.get("frozen") or {}).get("prefixes", []))
-    missing = [k for k in own if k not in stored and not _under(k, named)]
-    unexpected = [k for k in stored if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in stored.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {missing[:10]}")
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {unexpected[:10]}")
-    if shapes:
-        problems.append(f"different shapes ({len(shapes)}): {shapes[:10]}")
-    if problems:
+    diff = compare_state_dicts(model.state_dict(), stored, "checkpoint", optional_prefixes=named)
+    if not diff.ok:
         raise CheckpointMismatchError(
-            "the checkpoint's weights do not fit this model:\n  - "
-            + "\n  - ".join(problems)
-            + "\nBuild the model with the checkpoint's configuration (build_model_from_checkpoint)."
+            f"the checkpoint's weights do not fit this model: {diff.describe(limit=10)}. Build the model with the "
+            "checkpoint's configuration (build_model_from_checkpoint)."
         )
     model.load_state_dict(stored, strict=False)
 

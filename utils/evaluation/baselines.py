@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ["BASELINES", "CenterBaseline", "ObjectMaskBaseline", "UniformBaseline", "build_baseline"]
+from utils.config.schema import BASELINES
 
-BASELINES = ("center", "uniform", "object")
+__all__ = ["BASELINES", "CenterBaseline", "ObjectMaskBaseline", "UniformBaseline", "build_baseline"]
 
 
 def _map_size(batch: dict) -> tuple[int, int, int]:
@@ -146,7 +146,10 @@ def build_baseline(name: str, **kwargs) -> Callable[[dict], torch.Tensor]:
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
-    classes = {"center": CenterBaseline, "uniform": UniformBaseline, "object": ObjectMaskBaseline}
-    if name not in classes:
+    if name not in _CLASSES:
         raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
-    return classes[name](**kwargs)
+    return _CLASSES[name](**kwargs)
+
+
+#: Every name of ``utils.config.BASELINES`` (what the configuration and test.py accept), with its class.
+_CLASSES = {"center": CenterBaseline, "uniform": UniformBaseline, "object": ObjectMaskBaseline}
