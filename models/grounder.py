@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from models.affordances import phrase_key
 from models.backbone import ViTBackbone
 from models.gating import TextGate
 from models.heads import AffordanceAdapter, AttentionPool2d, GlobalAveragePool
 from models.outputs import EgoOutput, Features, GrounderOutput, Prediction
 from models.parts import PartSelector
 from models.saliency import Saliency
-from models.text import TextEncoder, phrase_key
+from models.text import TextEncoder
 from utils.maps import normalize_minmax
 
 __all__ = ["Grounder"]

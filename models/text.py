@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from models.affordances import phrase_key
+
 __all__ = [
     "TEXT_ENCODER_KINDS",
     "LearnedTextEncoder",
@@ -39,11 +41,6 @@ TEXT_ENCODER_KINDS = ("none", "clip", "learned")
 _TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 # Options of the CLIP encoder that a config may pass whatever the kind; the other kinds ignore them.
 _CLIP_OPTIONS = ("model_name", "weights", "prompt_tokens", "template", "text_cfg", "quick_gelu")
-
-
-def phrase_key(phrase: str) -> str:
-    """Canonical form of an affordance name or phrase: lower case, '_' as space, single spaces, stripped."""
-    return " ".join(phrase.replace("_", " ").lower().split())
 
 
 def _check_phrases(phrases: Any, who: str) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.affordances import class_index, unknown_affordance_message
 from utils.maps import normalize_minmax
 from utils.viz.draw import add_label, append_colorbar, colorize, make_grid, overlay, resize_image, to_uint8_image
 
@@ -89,9 +90,10 @@ def model_panel(
         ``uint8`` RGB picture.
     """
     if isinstance(label, str):
-        if label not in class_names:
-            raise ValueError(f"model_panel: unknown affordance {label!r}; known: {list(class_names)}")
-        label_idx, label_name = list(class_names).index(label), label
+        found = class_index(label, class_names)
+        if found is None:
+            raise ValueError(f"model_panel: {unknown_affordance_message(label, class_names)}")
+        label_idx, label_name = found, class_names[found]
     else:
         label_idx = int(label)
         if not 0 <= label_idx < len(class_names):

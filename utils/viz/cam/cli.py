@@ -163,26 +163,28 @@ def _methods_picture(args: argparse.Namespace) -> np.ndarray:
 
 
 def _grounder_panel(args: argparse.Namespace) -> np.ndarray:
+    from models.affordances import class_index, unknown_affordance_message
     from utils.engine.checkpoint import build_model_from_checkpoint
     from utils.viz.panels import model_panel
 
     if not args.affordance:
         raise ValueError("--checkpoint needs --affordance NAME (one of the model's class names)")
     model, cfg, class_names = build_model_from_checkpoint(args.checkpoint, device=args.device)
-    if args.affordance not in class_names:
-        raise ValueError(f"--affordance {args.affordance!r} is not a class of this checkpoint: {class_names}")
+    index = class_index(args.affordance, class_names)
+    if index is None:
+        raise ValueError(f"--affordance: {unknown_affordance_message(args.affordance, class_names)}")
     _, x = _read_image(args.image, cfg.data.image_size)
     x = x.to(args.device)
     if not args.exo:
-        out = model.predict(x, labels=[args.affordance])
-        return model_panel(x[0], out, class_names, args.affordance, colormap=args.colormap)
+        out = model.predict(x, labels=[index])
+        return model_panel(x[0], out, class_names, index, colormap=args.colormap)
     # With exocentric images, one forward pass as in training: the exo CAMs and the part prototypes join the panel.
     exo = torch.cat([_read_image(path, cfg.data.image_size)[1] for path in args.exo])  # (n, 3, S, S)
-    label = torch.tensor([class_names.index(args.affordance)], device=x.device)
+    label = torch.tensor([index], device=x.device)
     model.eval()
     with torch.no_grad():
         out = model({"exo": exo[None].to(x.device), "ego": x, "label": label})  # exo (1, n, 3, S, S)
-    return model_panel(x[0], out, class_names, args.affordance, exo=exo, colormap=args.colormap)
+    return model_panel(x[0], out, class_names, index, exo=exo, colormap=args.colormap)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
