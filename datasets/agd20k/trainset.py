@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.agd20k.depth import check_depth_maps, depth_path, read_depth, train_transform_with_depth
 from datasets.agd20k.layout import LAYOUT, SUBSETS, _check_layout, _class_names_for, _empty_folders, _tree
 from datasets.images import read_image, read_mask, train_transform, train_transform_with_mask
 
@@ -48,6 +49,9 @@ class AGD20KTrain(Dataset):
             full-size photos, a small resampling difference (``datasets.images.decode_image``). Smaller images
             decode exactly as without it. Off: every image is decoded at full size. The egocentric image is always
             decoded at full size with ``with_part_masks`` (its mask has the full size).
+        depth_root: an AGD20K-Depth root (``datasets.agd20k.depth``): every item then also carries ``exo_depth``
+            (n, 1, S, S) and ``ego_depth`` (1, S, S) in [-1, 1], under the images' crops and flips. Every image's
+            depth map must exist (checked here, before training). None: no depth.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class AGD20KTrain(Dataset):
         class_names: Sequence[str] | None = None,
         with_part_masks: bool = False,
         reduced_decode: bool = True,
+        depth_root: str | os.PathLike | None = None,
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -74,6 +79,7 @@ class AGD20KTrain(Dataset):
         self.seed = seed
         self.with_part_masks = with_part_masks
         self.reduced_decode = reduced_decode
+        self.depth_root = Path(depth_root) if depth_root else None
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -134,6 +140,9 @@ class AGD20KTrain(Dataset):
                     "(datasets.synthetic writes <split>/masks/train_part/); regenerate it, or turn "
                     "model.extensions.oracle_prototypes off."
                 )
+        if self.depth_root is not None:
+            images = {p for files in self._exo_files for p in files} | {p for pool in self._ego_pool for p in pool}
+            check_depth_maps(sorted(images), self.root, self.depth_root)
         logger.info(
             "AGD20KTrain %s: %d exocentric samples in %d folders, %d classes",
             split,
@@ -171,7 +180,7 @@ class AGD20KTrain(Dataset):
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode`` is ``cfg.data.reduced_decode``.
+        ``reduced_decode`` is ``cfg.data.reduced_decode`` and ``depth_root`` is ``cfg.data.depth_root``.
         """
         return cls(
             cfg.data.root,
@@ -183,6 +192,7 @@ class AGD20KTrain(Dataset):
             class_names=class_names,
             with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
             reduced_decode=cfg.data.reduced_decode,
+            depth_root=cfg.data.depth_root or None,
         )
 
     def __len__(self) -> int:
@@ -235,16 +245,28 @@ class AGD20KTrain(Dataset):
         else:  # small folder: repeat images (the anchor included) rather than fail
             partners = [files[k] for k in rng.integers(0, len(files), size=need)]
         exo_pools = (files, self._aff_exo_pool[aff])
-        exo_imgs, exo_paths = [], []
+        exo_imgs, exo_paths, exo_depths = [], [], []
         for slot, path in enumerate([files[j], *partners]):
             img, used = self._read(path, exo_pools, index, slot)
-            exo_imgs.append(train_transform(img, self.resize_size, self.image_size, rng))
+            if self.depth_root is not None:
+                depth = read_depth(depth_path(used, self.root, self.depth_root))
+                img_t, depth_t = train_transform_with_depth(img, depth, self.resize_size, self.image_size, rng)
+                exo_imgs.append(img_t)
+                exo_depths.append(depth_t)
+            else:
+                exo_imgs.append(train_transform(img, self.resize_size, self.image_size, rng))
             exo_paths.append(used)
         ego_pool = self._ego_pool[folder]
         ego_choice = ego_pool[int(rng.integers(0, len(ego_pool)))]
         ego_img, ego_path = self._read(ego_choice, (ego_pool,), index, self.num_exo, full_size=self.with_part_masks)
         extra = {}
-        if self.with_part_masks:
+        if self.depth_root is not None and self.with_part_masks:
+            raise ValueError("AGD20KTrain: depth maps and part masks (the oracle diagnostic) cannot be combined")
+        if self.depth_root is not None:
+            depth = read_depth(depth_path(ego_path, self.root, self.depth_root))
+            ego, extra["ego_depth"] = train_transform_with_depth(ego_img, depth, self.resize_size, self.image_size, rng)
+            extra["exo_depth"] = torch.stack(exo_depths)  # (n, 1, S, S)
+        elif self.with_part_masks:
             mask = read_mask(self._part_mask_path(ego_path), None)  # (H, W) in {0, 1}
             ego, extra["ego_part_mask"] = train_transform_with_mask(
                 ego_img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, rng
