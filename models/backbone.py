@@ -10,6 +10,9 @@ With key descriptors nothing after that runs.
 Prefix tokens (CLS and registers) are stripped with ``num_prefix_tokens``, and the patch grid is read from the
 input and the patch size, so DINO ViT-S/16, ViT-B/8 and DINOv2 (with or without registers) at any input that is a
 multiple of the patch size all work. Weight files (official DINO/DINOv2 or timm) are read with ``weights_only``.
+
+Two BiT-Align parts live in the token loop: the position embedding can be resized the way DINOv2 does it
+(:mod:`models.pos_embed`), and a depth prompt (:mod:`models.depth`) can be mixed into the tokens before every block.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 from einops import einsum, rearrange
 from torch import nn
 
+from models.depth import DepthPrompt
 from models.outputs import Features
+from models.pos_embed import POS_EMBED_RESIZE, resize_pos_embed_dinov2
 from models.state_dict import compare_state_dicts
 
 __all__ = [
@@ -181,6 +186,8 @@ class ViTBackbone(nn.Module):
         descriptor: ``"key"`` (keys of the last attention block, LOCATE) or ``"token"`` (final normed tokens).
         img_size: input side the position embedding is stored for (other multiples of the patch still work, by
             interpolation); None keeps the model's default.
+        pos_embed_resize: ``"timm"`` (resampled by timm, antialiased, to the input grid) or ``"dinov2"`` (resized on
+            every call as DINOv2 does; build the model at its checkpoint's size, ``img_size=None``).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``patch_size=8, embed_dim=32, depth=2`` for tests).
     """
 
@@ -190,11 +197,14 @@ class ViTBackbone(nn.Module):
         weights: str | Path | None = None,
         descriptor: str = "key",
         img_size: int | None = None,
+        pos_embed_resize: str = "timm",
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
+        if pos_embed_resize not in POS_EMBED_RESIZE:
+            raise ValueError(f"pos_embed_resize must be one of {POS_EMBED_RESIZE}, got {pos_embed_resize!r}")
         weights = str(weights) if weights else None
         kwargs: dict[str, Any] = {"num_classes": 0, "dynamic_img_size": True, **timm_kwargs}
         if img_size is not None:
@@ -222,8 +232,14 @@ class ViTBackbone(nn.Module):
         if weights is not None and weights != "hub":
             load_vit_weights(self.vit, weights)
 
+        if pos_embed_resize == "dinov2" and (self.vit.pos_embed is None or self.vit.no_embed_class):
+            raise ValueError(
+                f"pos_embed_resize='dinov2' needs a ViT whose position embedding covers the CLS token, as DINOv2's "
+                f"does; {name!r} has none or keeps it apart (no_embed_class). Use pos_embed_resize='timm'."
+            )
         self.name = name
         self.descriptor = descriptor
+        self.pos_embed_resize = pos_embed_resize
         self.patch_size: int = int(patch[0])
         self.embed_dim: int = int(self.vit.embed_dim)
         self.num_heads: int = int(last.attn.num_heads)
@@ -251,12 +267,30 @@ class ViTBackbone(nn.Module):
             )
         return height // p, width // p
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, prefix tokens and position embedding of (B, 3, H, W) inputs: (B, T, E) tokens."""
+        vit = self.vit
+        if self.pos_embed_resize == "timm":
+            return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        patches = vit.patch_embed(x)  # (B, h, w, E): timm's dynamic-size patch embedding keeps the grid
+        h, w = patches.shape[1:3]
+        pos = resize_pos_embed_dinov2(vit.pos_embed, (h, w), num_prefix_tokens=vit.num_prefix_tokens)
+        prefix = [vit.cls_token.expand(x.shape[0], -1, -1)]
+        if vit.reg_token is not None:
+            prefix.append(vit.reg_token.expand(x.shape[0], -1, -1))
+        tokens = torch.cat([*prefix, rearrange(patches, "b h w e -> b (h w) e")], dim=1) + pos.to(patches.dtype)
+        return vit.norm_pre(vit.patch_drop(vit.pos_drop(tokens)))
+
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> Features:
+    def forward(
+        self, x: torch.Tensor, depth: torch.Tensor | None = None, prompt: DepthPrompt | None = None
+    ) -> Features:
         """Run the ViT.
 
         Args:
             x: (B, 3, H, W) ImageNet-normalised images, H and W multiples of the patch size.
+            depth: (B, 1, H, W) depth maps normalised to [-1, 1], needed with a ``prompt``.
+            prompt: BiT-Align's depth prompt, applied before every block (:mod:`models.depth`), or None.
 
         Returns:
             :class:`Features`: ``descriptors`` (B, D, h, w), the last block's keys in timm's head-major channel
@@ -269,9 +303,22 @@ class ViTBackbone(nn.Module):
         h, w = self.grid_size(x.shape[-2], x.shape[-1])
         npt = self.num_prefix_tokens
         vit = self.vit
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # (B, T, E), T = npt + h * w
-        for block in vit.blocks[:-1]:
-            tokens = block(tokens)
+        tokens = self.embed(x)  # (B, T, E), T = npt + h * w
+        p = None
+        if prompt is not None:
+            if depth is None or depth.shape != (x.shape[0], 1, *x.shape[-2:]):
+                found = None if depth is None else tuple(depth.shape)
+                raise ValueError(
+                    f"the depth prompt needs depth maps of shape {(x.shape[0], 1, *x.shape[-2:])}, got {found}"
+                )
+            # The depth map enters through the RGB patch embedding, CLS token and position embedding.
+            p = self.embed(depth.to(x.dtype).expand(-1, 3, -1, -1))  # (B, T, E)
+        for i, block in enumerate(vit.blocks):
+            if p is not None:
+                p = prompt(i, tokens, p)  # this block's prompt output, handed on to the next block
+                tokens = tokens + p
+            if i < len(vit.blocks) - 1:
+                tokens = block(tokens)
         last = vit.blocks[-1]
         attn = last.attn
         qkv = attn.qkv(last.norm1(tokens))  # (B, T, 3 * heads * d_h)

@@ -10,17 +10,18 @@ import torch
 from torch import nn
 
 from models.backbone import ViTBackbone
+from models.depth import DepthPrompt
 from models.extensions.appearance import AppearanceStats
 from models.extensions.centring import DescriptorCentring
 from models.extensions.contrast import ClassContrastSelector, ClassPatchBank
 from models.extensions.object_prior import ObjectPrior
 from models.extensions.oracle import OracleSelector
 from models.extensions.pooling import TopKPool
-from models.gating import TextGate
+from models.gating import PooledTokenGate, TextGate
 from models.grounder import Grounder
 from models.heads import AffordanceAdapter, AttentionPool2d, conv_bn_relu
 from models.parts import PartIoUSelector, PartSelector
-from models.saliency import LocateSaliency, TextGuidedSaliency
+from models.saliency import BatchHeadSaliency, LocateSaliency, TextGuidedSaliency
 from models.text import build_text_encoder
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
     """Build the grounder described by a :class:`utils.config.Config` (weights loaded, nothing moved to a device).
 
     The parts are created in a fixed order (backbone, text encoder, adapter, projections, classifier, attention
-    pooling), so that a seed gives the same initial weights whatever else the configuration switches on.
+    pooling, depth prompt), so that a seed gives the same initial weights whatever else the configuration switches on.
+    BiT-Align's variants (``model.bitalign``, ``model.text``, ``model.adapter_residual``,
+    ``model.backbone.pos_embed_resize``, ``data.depth_root``) are chosen here, as parts or options of parts.
 
     Args:
         cfg: the resolved configuration (``cfg.model``, ``cfg.data.image_size``, ``cfg.seed``).
@@ -44,10 +47,19 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
     Returns:
         The model, on the CPU.
     """
-    m, bb, t, ext = cfg.model, cfg.model.backbone, cfg.model.text, cfg.model.extensions
+    m, bb, t, ext, ba = cfg.model, cfg.model.backbone, cfg.model.text, cfg.model.extensions, cfg.model.bitalign
     kwargs = dict(bb.kwargs)
-    img_size = kwargs.pop("img_size", cfg.data.image_size)
-    backbone = ViTBackbone(bb.name, weights=bb.weights or None, descriptor=bb.descriptor, img_size=img_size, **kwargs)
+    # DINOv2's resize keeps the position embedding at the checkpoint's grid and resizes it on every call.
+    img_size = kwargs.pop("img_size", None if bb.pos_embed_resize == "dinov2" else cfg.data.image_size)
+    backbone = ViTBackbone(
+        bb.name,
+        weights=bb.weights or None,
+        descriptor=bb.descriptor,
+        img_size=img_size,
+        pos_embed_resize=bb.pos_embed_resize,
+        **kwargs,
+    )
+    grid = backbone.grid_size(cfg.data.image_size, cfg.data.image_size)
     extra = AppearanceStats(ext.appearance, backbone.patch_size) if ext.appearance > 0 else None
     dim = backbone.out_dim + (extra.channels if extra is not None else 0)
 
@@ -59,22 +71,37 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         weights=t.clip_weights or None,
         prompt_tokens=t.prompt_tokens,
         template=t.template,
+        activation=t.activation,
+        prompt_position=t.prompt_position,
+        train_prompts=t.train_prompts,
+        prompt_init_std=t.prompt_init_std,
+        end_token=t.end_token,
     )
-    aff_proj = AffordanceAdapter(dim, hidden_ratio=m.adapter_ratio)
+    aff_proj = AffordanceAdapter(dim, hidden_ratio=m.adapter_ratio, residual=m.adapter_residual)
     aff_exo_proj = conv_bn_relu(dim, m.proj_kernels)
     aff_ego_proj = conv_bn_relu(dim, m.proj_kernels)
     aff_fc = nn.Conv2d(dim, len(class_names), kernel_size=1)
     attn_pool = logit_scale = None
     if text is not None:
         # The ViT's head count, or its largest divisor that divides the width (appearance channels make it odd).
-        attn_pool = AttentionPool2d(dim, math.gcd(dim, backbone.num_heads), grid_size=backbone.default_grid)
-        logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        heads = ba.pool_heads or math.gcd(dim, backbone.num_heads)
+        attn_pool = AttentionPool2d(dim, heads, grid_size=grid)
+        attn_pool.positional_embedding.requires_grad_(ba.pool_pos_embed == "learned")
+        logit_scale = torch.tensor(math.log(1 / 0.07))  # CLIP's initial temperature
+        if ba.logit_scale == "learned":
+            logit_scale = nn.Parameter(logit_scale)  # a plain tensor becomes a buffer: fixed, kept in checkpoints
+    depth_prompt = None
+    if cfg.data.depth_root:
+        num_tokens = backbone.num_prefix_tokens + grid[0] * grid[1]
+        depth_prompt = DepthPrompt(backbone.embed_dim, len(backbone.vit.blocks), num_tokens)
 
     if m.saliency == "bitalign":
-        saliency = TextGuidedSaliency()
+        saliency = BatchHeadSaliency() if ba.head_choice == "batch" else TextGuidedSaliency()
     else:
         saliency = LocateSaliency(m.cls_heads, num_heads=backbone.num_heads)
-    grid = backbone.grid_size(cfg.data.image_size, cfg.data.image_size)
+    gate = None
+    if m.text_gating:
+        gate = PooledTokenGate() if ba.gate == "published" else TextGate()
 
     model = Grounder(
         class_names,
@@ -88,11 +115,12 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
         text=text,
         attn_pool=attn_pool,
         logit_scale=logit_scale,
-        gate=TextGate() if m.text_gating else None,
+        gate=gate,
         pool=TopKPool(ext.topk_pool) if ext.topk_pool > 0 else None,
         descriptor_extra=extra,
         proto_space=DescriptorCentring(dim) if ext.center_descriptors else None,
         postprocess=ObjectPrior(ext.object_prior) if ext.object_prior > 0 else None,
+        depth_prompt=depth_prompt,
     )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

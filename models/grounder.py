@@ -3,7 +3,8 @@
 A training sample is n exocentric images (people using an object) and one egocentric image (the object alone)
 sharing an affordance label. Read :meth:`Grounder.forward` top to bottom as the method:
 
-1. a frozen DINO ViT gives patch descriptors and the last block's CLS attention (:mod:`models.backbone`);
+1. a frozen DINO ViT gives patch descriptors and the last block's CLS attention (:mod:`models.backbone`), with
+   BiT-Align's depth prompt mixed into every block when depth maps are given (:mod:`models.depth`);
 2. exocentric branch: the adapter ``aff_proj`` (shared by both views), ``aff_exo_proj`` and the 1×1 classifier
    ``aff_fc`` give one class activation map per affordance (``aff_cam``); their global average gives the logits,
    and each image's map of its sample's label is ``gt_aff_cam``;
@@ -32,6 +33,7 @@ from torch import nn
 
 from models.affordances import phrase_key
 from models.backbone import ViTBackbone
+from models.depth import DepthPrompt
 from models.gating import TextGate
 from models.heads import AffordanceAdapter, AttentionPool2d, GlobalAveragePool
 from models.outputs import EgoOutput, Features, GrounderOutput, Prediction
@@ -68,6 +70,7 @@ class Grounder(nn.Module):
         descriptor_extra: appends channels to the backbone's descriptors (ours), or None.
         proto_space: maps (exo, ego) descriptors to the space the prototypes are compared in (ours), or None.
         postprocess: a post-process of the predicted heatmaps on the patch grid (ours), or None.
+        depth_prompt: BiT-Align's depth prompt (frozen), or None; with it every image needs its depth map.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Grounder(nn.Module):
         descriptor_extra: nn.Module | None = None,
         proto_space: nn.Module | None = None,
         postprocess: nn.Module | None = None,
+        depth_prompt: DepthPrompt | None = None,
     ) -> None:
         super().__init__()
         if not class_names or isinstance(class_names, str):
@@ -106,6 +110,7 @@ class Grounder(nn.Module):
         self._class_index = {phrase_key(c): i for i, c in enumerate(self.class_names)}
 
         self.backbone = backbone
+        self.depth_prompt = depth_prompt
         self.descriptor_extra = descriptor_extra
         self.aff_proj = aff_proj
         self.aff_exo_proj = aff_exo_proj
@@ -137,19 +142,39 @@ class Grounder(nn.Module):
         """The image-text logit scale exp(logit_scale), clamped at 100 as in CLIP so the softmax cannot collapse."""
         return self.logit_scale.exp().clamp(max=100.0)
 
-    def encode(self, images: torch.Tensor) -> Features:
-        """Backbone features of (B, 3, H, W) images, with the descriptor extension when there is one."""
-        features = self.backbone(images)
+    def encode(self, images: torch.Tensor, depth: torch.Tensor | None = None) -> Features:
+        """Backbone features of (B, 3, H, W) images, with the descriptor extension when there is one.
+
+        Args:
+            images: (B, 3, H, W) ImageNet-normalised images.
+            depth: (B, 1, H, W) their depth maps in [-1, 1]; needed (and only used) with a depth prompt.
+        """
+        if self.depth_prompt is not None and depth is None:
+            raise ValueError(
+                "Grounder: this model has a depth prompt (data.depth_root was set), so every image needs its depth "
+                "map: pass depth (B, 1, H, W), or batches with 'ego_depth' and 'exo_depth'"
+            )
+        if self.depth_prompt is None:
+            features = self.backbone(images)
+        else:
+            features = self.backbone(images, depth, self.depth_prompt)
         if self.descriptor_extra is not None:
             features = self.descriptor_extra(images, features)
         return features
 
-    def encode_views(self, exo: torch.Tensor, ego: torch.Tensor) -> tuple[Features, Features]:
-        """Features of the exocentric (b·n, 3, H, W) and egocentric (b, 3, H, W) images, in one pass when they
-        share a size."""
+    def encode_views(
+        self,
+        exo: torch.Tensor,
+        ego: torch.Tensor,
+        exo_depth: torch.Tensor | None = None,
+        ego_depth: torch.Tensor | None = None,
+    ) -> tuple[Features, Features]:
+        """Features of the exocentric (b·n, 3, H, W) and egocentric (b, 3, H, W) images (and their (·, 1, H, W)
+        depth maps, with a depth prompt), in one pass when they share a size."""
         if exo.shape[1:] != ego.shape[1:]:
-            return self.encode(exo), self.encode(ego)
-        exo_f, ego_f = self.encode(torch.cat([exo, ego])).split([exo.shape[0], ego.shape[0]])
+            return self.encode(exo, exo_depth), self.encode(ego, ego_depth)
+        depth = torch.cat([exo_depth, ego_depth]) if exo_depth is not None and ego_depth is not None else None
+        exo_f, ego_f = self.encode(torch.cat([exo, ego]), depth).split([exo.shape[0], ego.shape[0]])
         return exo_f, ego_f
 
     def ego_branch(self, desc: torch.Tensor, cls_attn: torch.Tensor, cond: torch.Tensor | None) -> EgoOutput:
@@ -182,14 +207,21 @@ class Grounder(nn.Module):
 
         Args:
             batch: ``exo`` (b, n, 3, H, W), ``ego`` (b, 3, H, W), ``label`` (b,) int64 (and, for the oracle
-                diagnostic, ``ego_part_mask``). Precomputed features may replace the images: ``exo_features`` and
-                ``ego_features`` (:class:`models.outputs.Features` with b·n and b rows).
+                diagnostic, ``ego_part_mask``; with a depth prompt, ``exo_depth`` (b, n, 1, H, W) and ``ego_depth``
+                (b, 1, H, W)). Precomputed features may replace the images: ``exo_features`` and ``ego_features``
+                (:class:`models.outputs.Features` with b·n and b rows).
         """
         label, b, n = self._check_batch(batch)
         if "exo_features" in batch:
             exo_feats, ego_feats = batch["exo_features"], batch["ego_features"]
         else:
-            exo_feats, ego_feats = self.encode_views(batch["exo"].flatten(0, 1), batch["ego"])
+            exo_depth = batch.get("exo_depth")
+            exo_feats, ego_feats = self.encode_views(
+                batch["exo"].flatten(0, 1),
+                batch["ego"],
+                exo_depth.flatten(0, 1) if exo_depth is not None else None,
+                batch.get("ego_depth"),
+            )
         exo_desc, ego_desc = exo_feats.descriptors, ego_feats.descriptors  # (b·n, D, h, w), (b, D, h, w)
         h, w = exo_desc.shape[-2:]
 
@@ -316,6 +348,7 @@ class Grounder(nn.Module):
         labels: Labels | None = None,
         output_size: int | tuple[int, int] | None = None,
         return_features: bool = False,
+        depth: torch.Tensor | None = None,
     ) -> Prediction:
         """Affordance heatmaps for egocentric images (eval mode for the call, then the previous mode is restored).
 
@@ -325,6 +358,7 @@ class Grounder(nn.Module):
                 affordance phrase; None for the label-free mode (all C maps and the predicted class).
             output_size: side or (H', W') of the returned maps; default the input size.
             return_features: also return ``features`` (descriptors, adapter, projection, cam).
+            depth: (b, 1, H, W) depth maps in [-1, 1], for a model with a depth prompt (ignored without one).
 
         Returns:
             A :class:`models.outputs.Prediction`: ``maps`` (b, H', W') in [0, 1] for the given labels, or
@@ -347,7 +381,7 @@ class Grounder(nn.Module):
         self.eval()
         try:
             b = images.shape[0]
-            feats = self.encode(images)
+            feats = self.encode(images, depth)
             desc, cls_attn = feats.descriptors, feats.cls_attn
             maps = all_maps = pred_label = None
             if labels is None:

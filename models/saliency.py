@@ -4,6 +4,8 @@
   ViT-S/16), each binarised at its mean, averaged, min-max normalised.
 - :class:`TextGuidedSaliency` (BiT-Align, IROS 2025): the AttentionPool2d mask fused with the CLS head whose masked
   egocentric features agree best with the label's text feature: 0.5 · pool mask + 0.5 · chosen head, min-max.
+- :class:`BatchHeadSaliency` (BiT-Align's published code): the same, but each sample's head mask is the mean of its
+  own masks of the heads chosen by *every* sample of the batch (``ego_cls_attn[:, head_idxs].mean(1)``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from models.losses import weighted_pool
 from models.outputs import SaliencyOutput
 from utils.maps import normalize_minmax
 
-__all__ = ["LocateSaliency", "Saliency", "TextGuidedSaliency", "binarize_at_mean"]
+__all__ = ["BatchHeadSaliency", "LocateSaliency", "Saliency", "TextGuidedSaliency", "binarize_at_mean"]
 
 
 def binarize_at_mean(maps: torch.Tensor) -> torch.Tensor:
@@ -112,15 +114,19 @@ class TextGuidedSaliency(Saliency):
         if pool is None or cond is None:
             raise ValueError("TextGuidedSaliency needs the AttentionPool2d output and a text feature per sample")
         head_masks, pool_mask = self._masks(cls_attn, pool)
-        b = cls_attn.shape[0]
         selected = self.select_head(adapter.detach(), head_masks, cond)  # (b,)
-        chosen = head_masks[torch.arange(b, device=head_masks.device), selected]  # (b, h, w)
+        chosen = self.chosen_mask(head_masks, selected)  # (b, h, w)
         return SaliencyOutput(
             saliency=normalize_minmax(0.5 * pool_mask + 0.5 * chosen),
             head_masks=head_masks,
             selected_head=selected,
             attnpool_mask=pool_mask,
         )
+
+    @staticmethod
+    def chosen_mask(head_masks: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """(b, h, w) each sample's mask of its own selected head; head_masks (b, heads, h, w), selected (b,)."""
+        return head_masks[torch.arange(head_masks.shape[0], device=head_masks.device), selected]
 
     @staticmethod
     @torch.no_grad()
@@ -130,3 +136,15 @@ class TextGuidedSaliency(Saliency):
             pooled = weighted_pool(adapter.float(), head_masks.float())  # (b, heads, D)
             sim = F.cosine_similarity(pooled, cond.float().unsqueeze(1), dim=-1)  # (b, heads)
         return sim.argmax(dim=1)
+
+
+class BatchHeadSaliency(TextGuidedSaliency):
+    """BiT-Align's published head choice: every sample averages its own masks of the heads the whole batch chose.
+
+    With chosen heads k_1 … k_b, sample j's head mask is (1/b) Σ_i M_j[k_i], multiplicity included (heads [1, 1, 4, 1]
+    give every sample 0.75 · M_j[1] + 0.25 · M_j[4]). A sample's saliency thus depends on the rest of its batch.
+    """
+
+    @staticmethod
+    def chosen_mask(head_masks: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        return head_masks[:, selected].mean(dim=1)  # (b, b, h, w) -> (b, h, w)

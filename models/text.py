@@ -3,7 +3,9 @@
 BiT-Align (IROS 2025) encodes each affordance name with CLIP's text tower (Radford et al., ICML 2021), optionally
 preceded by learnable context vectors (CoOp, Zhou et al., IJCV 2022), and projects it to the backbone width D with a
 linear layer. The published code ran the tower under ``torch.no_grad()``, so its prompt vectors never received a
-gradient; here the frozen tower runs with autograd enabled whenever prompts are learnable, so they do train.
+gradient; here the frozen tower runs with autograd enabled whenever prompts are learnable, so they do train. The
+published arrangement (prompts ahead of the start token, frozen, read at the unshifted end-token index) is an option
+for the reference configuration. Weight files are read and checked in :mod:`models.text_weights`.
 
 Two encoders share one interface (:class:`TextEncoder`): :class:`OpenClipTextEncoder` (open_clip's text tower only,
 frozen, weights from a local file, the hub or random) and :class:`LearnedTextEncoder` (one learned vector per class,
@@ -22,6 +24,12 @@ import torch
 import torch.nn as nn
 
 from models.affordances import phrase_key
+from models.text_weights import (
+    check_text_tower_fits,
+    download_text_weights,
+    load_text_tower_state_dict,
+    resolve_quick_gelu,
+)
 
 __all__ = [
     "TEXT_ENCODER_KINDS",
@@ -37,10 +45,21 @@ logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_KINDS = ("none", "clip", "learned")
 
-# Top-level state-dict names of open_clip's TextTransformer (and of the text half of a CLIP checkpoint).
-_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 # Options of the CLIP encoder that a config may pass whatever the kind; the other kinds ignore them.
-_CLIP_OPTIONS = ("model_name", "weights", "prompt_tokens", "template", "text_cfg", "quick_gelu")
+_CLIP_OPTIONS = (
+    "model_name",
+    "weights",
+    "prompt_tokens",
+    "template",
+    "text_cfg",
+    "activation",
+    "prompt_position",
+    "train_prompts",
+    "prompt_init_std",
+    "end_token",
+)
+PROMPT_POSITIONS = ("after_start", "before_start")
+END_TOKENS = ("shifted", "unshifted")
 
 
 def _check_phrases(phrases: Any, who: str) -> list[str]:
@@ -153,71 +172,6 @@ def _clip_tokenizer() -> Any:
     return SimpleTokenizer()
 
 
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a checkpoint: unwraps {"state_dict"|"model"|"module": ...} and "module." prefixes."""
-    for _ in range(3):
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next((obj[k] for k in ("state_dict", "model", "module") if isinstance(obj.get(k), dict)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"load_text_tower_state_dict: {path} does not hold a state dict (a dict of tensors, possibly under "
-            f"'state_dict' or 'model'); found {type(obj).__name__}. Pass a CLIP / open_clip checkpoint file."
-        )
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    # CustomTextCLIP checkpoints keep the whole text tower under "text.".
-    if not any(k.startswith(_TEXT_PREFIXES) for k in sd) and any(k.startswith("text.") for k in sd):
-        sd = {k[len("text.") :]: v for k, v in sd.items() if k.startswith("text.")}
-    return sd
-
-
-def load_text_tower_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """Read a CLIP / open_clip checkpoint and keep only the text tower's tensors.
-
-    Accepts ``.safetensors``, a plain ``torch.save`` state dict (loaded with ``weights_only=True``, so no pickled code
-    runs), possibly nested under ``state_dict``/``model`` or prefixed ``module.``, and OpenAI's TorchScript ``.pt``
-    archives (read with ``torch.jit.load``, which restores tensors and TorchScript code without running it).
-
-    Args:
-        path: checkpoint file.
-
-    Returns:
-        The text tensors (keys as in open_clip's ``TextTransformer``) and whether the file was an OpenAI TorchScript
-        archive (those weights were trained with QuickGELU).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"OpenClipTextEncoder: text weights file {path} does not exist; pass the path of a CLIP checkpoint "
-            "(e.g. OpenAI's ViT-B-16.pt or an open_clip .bin/.safetensors), weights='hub' to download, or None"
-        )
-    is_jit = False
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # OpenAI's checkpoints are TorchScript archives, which torch.load refuses here.
-            try:
-                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-                is_jit = True
-            except Exception:
-                raise ValueError(
-                    f"load_text_tower_state_dict: could not read {path} as a state dict ({err}) nor as a TorchScript "
-                    "archive; pass a CLIP checkpoint saved with torch.save, safetensors or OpenAI's .pt"
-                ) from err
-    sd = _unwrap_state_dict(obj, path)
-    text = {k: v for k, v in sd.items() if k.startswith(_TEXT_PREFIXES)}
-    logger.info("text weights %s: kept %d text tensors, dropped %d others", path, len(text), len(sd) - len(text))
-    return text, is_jit
-
-
 class OpenClipTextEncoder(TextEncoder):
     """CLIP's text tower (open_clip), frozen, with optional learnable prompt tokens and a learnable projection to D.
 
@@ -226,19 +180,32 @@ class OpenClipTextEncoder(TextEncoder):
     is ``[SOT] v_1 … v_M w_1 … w_L [EOT]`` (CoOp, Zhou et al., IJCV 2022), the v_m learnable and shared by all
     classes; the pooled EOT feature goes through CLIP's frozen ``text_projection`` and then our linear layer.
 
+    BiT-Align's published code instead puts the prompts ahead of the start token (``v_1 … v_M [SOT] w_1 … [EOT]``),
+    keeps them at their N(0, 1) initial values, and reads the feature at the end token's index in the text *without*
+    the prompts, i.e. M places too early: under the causal mask that feature depends only on the prompts and the first
+    words, so the 36 AGD20K names collapse to two features (names of one and of two BPE tokens). The options
+    ``prompt_position="before_start"``, ``train_prompts=False``, ``prompt_init_std=1`` and ``end_token="unshifted"``
+    reproduce it.
+
     Args:
         class_names: the split's affordance names, in label order.
         out_dim: output width D (the backbone width).
-        model_name: open_clip model config whose text tower is built (e.g. "ViT-B-16").
+        model_name: open_clip model config whose text tower is built (e.g. "ViT-B-16"; OpenAI's BiT-Align tower is
+            "ViT-B-32" with QuickGELU).
         weights: a local checkpoint path (full CLIP checkpoints are fine: only the text tensors are kept),
             "hub" / "hub:<tag>" (download open_clip's pretrained tag, "openai" by default; needs a network),
             or None for a random tower (tests, offline demos).
-        prompt_tokens: number of learnable context vectors inserted after SOT (0 disables them).
+        prompt_tokens: number of context vectors M (0 disables them).
         template: format string applied to every phrase, e.g. "a photo of something to {}".
         text_cfg: overrides of the model's text config (e.g. a tiny tower for tests:
             {"width": 32, "layers": 2, "heads": 2, "context_length": 16}).
-        quick_gelu: the tower's activation; None picks QuickGELU when the model config, the hub tag or an OpenAI
-            TorchScript checkpoint says so (OpenAI's weights were trained with it), else GELU.
+        activation: "auto" (from the weights' origin, see :func:`models.text_weights.resolve_quick_gelu`),
+            "quick_gelu" or "gelu"; a choice that contradicts the weights raises a ValueError.
+        prompt_position: "after_start" (CoOp) or "before_start" (BiT-Align's code).
+        train_prompts: whether the context vectors train; False keeps them at their initial values (still saved).
+        prompt_init_std: standard deviation of their random initial values (CoOp 0.02, BiT-Align 1).
+        end_token: "shifted" reads the end token where the prompts moved it; "unshifted" reads its index in the
+            text without the prompts (BiT-Align's code).
     """
 
     def __init__(
@@ -250,7 +217,11 @@ class OpenClipTextEncoder(TextEncoder):
         prompt_tokens: int = 0,
         template: str = "{}",
         text_cfg: dict | None = None,
-        quick_gelu: bool | None = None,
+        activation: str = "auto",
+        prompt_position: str = "after_start",
+        train_prompts: bool = True,
+        prompt_init_std: float = 0.02,
+        end_token: str = "shifted",
     ) -> None:
         super().__init__(class_names, out_dim)
         import open_clip
@@ -264,6 +235,11 @@ class OpenClipTextEncoder(TextEncoder):
             raise ValueError(f"OpenClipTextEncoder: template must contain '{{}}' for the phrase, got {template!r}")
         if prompt_tokens < 0:
             raise ValueError(f"OpenClipTextEncoder: expected prompt_tokens >= 0, got {prompt_tokens}")
+        if prompt_position not in PROMPT_POSITIONS or end_token not in END_TOKENS:
+            raise ValueError(
+                f"OpenClipTextEncoder: prompt_position must be one of {PROMPT_POSITIONS} and end_token one of "
+                f"{END_TOKENS}, got {prompt_position!r} and {end_token!r}"
+            )
         tcfg = {**cfg["text_cfg"], **(text_cfg or {})}
         if tcfg.get("hf_model_name") or tcfg.get("embed_cls"):
             raise ValueError(
@@ -271,20 +247,25 @@ class OpenClipTextEncoder(TextEncoder):
                 "supported; use a CLIP model such as 'ViT-B-16'"
             )
 
-        state_dict, hub_quick_gelu, is_jit = None, False, False
+        state_dict, weights_quick_gelu = None, None
         if weights is not None:
             path: str | Path = weights
             if weights == "hub" or weights.startswith("hub:"):
-                path, hub_quick_gelu = self._download(model_name, weights.partition(":")[2] or "openai")
-            state_dict, is_jit = load_text_tower_state_dict(path)
-        if quick_gelu is None:
-            quick_gelu = bool(cfg.get("quick_gelu", False) or hub_quick_gelu or is_jit)
+                path, weights_quick_gelu = download_text_weights(model_name, weights.partition(":")[2] or "openai")
+            state_dict, from_openai = load_text_tower_state_dict(path)
+            if from_openai:
+                weights_quick_gelu = True
+        quick_gelu = resolve_quick_gelu(
+            activation, model_name, bool(cfg.get("quick_gelu", False)), weights_quick_gelu, weights
+        )
 
         self.template = template
         self.model_name = model_name
+        self.quick_gelu = quick_gelu
         self.tower = _build_text_tower(cfg["embed_dim"], tcfg, quick_gelu=quick_gelu)
         if state_dict is not None:
-            self._load_tower(state_dict, str(weights))
+            check_text_tower_fits(self.tower.state_dict(), state_dict, model_name, str(weights))
+            self.tower.load_state_dict(state_dict, strict=True)
         self.tower.requires_grad_(False)
         self.tower.eval()
 
@@ -300,9 +281,12 @@ class OpenClipTextEncoder(TextEncoder):
                 f"{self.context_length} tokens; use at most {self.context_length - 3}"
             )
         self.prompt_tokens = int(prompt_tokens)
+        self.prompt_position = prompt_position
+        self.end_token = end_token
         width = self.tower.width
-        # CoOp initialises the context vectors like word embeddings (std 0.02).
-        self.prompt = nn.Parameter(torch.randn(prompt_tokens, width) * 0.02) if prompt_tokens > 0 else None
+        self.prompt = None
+        if prompt_tokens > 0:
+            self.prompt = nn.Parameter(torch.randn(prompt_tokens, width) * prompt_init_std, requires_grad=train_prompts)
         feat_dim = self.tower.output_dim if self.tower.text_projection is not None else width
         self.proj = nn.Linear(feat_dim, out_dim)
 
@@ -311,56 +295,15 @@ class OpenClipTextEncoder(TextEncoder):
         n_frozen = sum(p.numel() for p in self.tower.parameters())
         n_learn = sum(p.numel() for p in self.parameters() if p.requires_grad)
         logger.info(
-            "OpenClipTextEncoder %s (width %d, %d layers, weights=%s): %.1fM frozen, %d learnable parameters",
+            "OpenClipTextEncoder %s (width %d, %d layers, %s, weights=%s): %.1fM frozen, %d learnable parameters",
             model_name,
             width,
             self.tower.transformer.layers,
+            "QuickGELU" if quick_gelu else "GELU",
             weights,
             n_frozen / 1e6,
             n_learn,
         )
-
-    @staticmethod
-    def _download(model_name: str, tag: str) -> tuple[str, bool]:
-        from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
-
-        pcfg = get_pretrained_cfg(model_name, tag)
-        if not pcfg:
-            raise ValueError(
-                f"OpenClipTextEncoder: open_clip has no pretrained tag {tag!r} for {model_name!r}; valid tags: "
-                f"{list_pretrained_tags_by_model(model_name)}"
-            )
-        try:
-            path = download_pretrained(pcfg)
-        except Exception as err:
-            raise RuntimeError(
-                f"OpenClipTextEncoder: could not download {model_name}/{tag} ({err}). Without a network, download the "
-                "checkpoint elsewhere and pass its path as weights, or use weights=None / text.kind=learned"
-            ) from err
-        if not path:
-            raise RuntimeError(f"OpenClipTextEncoder: open_clip returned no file for {model_name}/{tag}")
-        return str(path), bool(pcfg.get("quick_gelu", False))
-
-    def _load_tower(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
-        expected = self.tower.state_dict()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        wrong_shape = [
-            f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-            for k, v in state_dict.items()
-            if k in expected and v.shape != expected[k].shape
-        ]
-        if missing or unexpected or wrong_shape:
-
-            def show(keys: list[str]) -> str:
-                return f"{keys[:8]}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
-
-            raise ValueError(
-                f"OpenClipTextEncoder: the text weights in {source} do not fit the {self.model_name!r} text tower: "
-                f"missing keys {show(missing)}, unexpected keys {show(unexpected)}, shape mismatches "
-                f"{show(wrong_shape)}. Check model_name / text_cfg against the checkpoint."
-            )
-        self.tower.load_state_dict(state_dict, strict=True)
 
     @property
     def tokenizer(self) -> Any:
@@ -392,12 +335,18 @@ class OpenClipTextEncoder(TextEncoder):
         m = self.prompt_tokens
         if self.prompt is not None:
             ctx = self.prompt.to(cast_dtype).unsqueeze(0).expand(x.shape[0], -1, -1)  # (P, M, W)
-            x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)  # (P, L, W): SOT, context, words, EOT, padding
+            if self.prompt_position == "after_start":
+                x = torch.cat([x[:, :1], ctx, x[:, 1:]], dim=1)  # (P, L, W): SOT, context, words, EOT, padding
+            else:
+                x = torch.cat([ctx, x], dim=1)  # (P, L, W): context, SOT, words, EOT, padding
         x = x + tower.positional_embedding[: x.shape[1]].to(cast_dtype)
         x = tower.transformer(x, attn_mask=tower.attn_mask)  # (P, L, W)
         x = tower.ln_final(x)
         rows = torch.arange(x.shape[0], device=device)
-        # The context vectors sit between SOT and the words, so the EOT token moved M places to the right.
+        # The context vectors sit before the words, so the EOT token moved M places to the right; the unshifted
+        # reading (BiT-Align's code) takes the index of EOT in the prompt-free text instead.
+        if self.end_token == "unshifted":
+            m = 0
         if tower.pool_type == "argmax":  # EOT has the largest id
             pooled = x[rows, tokens.argmax(dim=-1) + m]
         elif tower.pool_type == "eos":
@@ -413,9 +362,12 @@ class OpenClipTextEncoder(TextEncoder):
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
         return pooled.float()  # (P, E)
 
+    def _prompts_learn(self) -> bool:
+        return self.prompt is not None and self.prompt.requires_grad and torch.is_grad_enabled()
+
     def _tower_features(self, phrases: list[str]) -> torch.Tensor:
         # Gradients through the frozen tower are only needed to reach learnable prompt vectors.
-        if self.prompt is not None and torch.is_grad_enabled():
+        if self._prompts_learn():
             return self._encode_tower(phrases)
         with torch.no_grad():
             return self._encode_tower(phrases)
@@ -438,7 +390,7 @@ class OpenClipTextEncoder(TextEncoder):
         tower/prompt parameter, the device, the dtype or the training mode changes; the learnable projection is
         applied on every call so that it always receives its gradient.
         """
-        if self.prompt is not None and torch.is_grad_enabled():
+        if self._prompts_learn():
             feats = self._encode_tower(self.class_phrases())
         else:
             key = self._state_key()
@@ -458,7 +410,8 @@ def build_text_encoder(kind: str, class_names: list[str], out_dim: int, **kw: An
         class_names: the split's affordance names, in label order.
         out_dim: output width D.
         **kw: options of :class:`OpenClipTextEncoder` (model_name, weights, prompt_tokens, template, text_cfg,
-            quick_gelu); "none" and "learned" ignore them.
+            activation, prompt_position, train_prompts, prompt_init_std, end_token); "none" and "learned" ignore
+            them.
 
     Returns:
         The encoder, or None for "none".

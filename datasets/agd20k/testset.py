@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.agd20k.depth import check_depth_maps, depth_path, eval_depth, read_depth
 from datasets.agd20k.layout import SUBSETS, _check_layout, _class_names_for, _tree
 from datasets.images import image_file_problem, read_gt, read_image, read_mask, resize_gt, to_tensor
 
@@ -51,6 +52,8 @@ class AGD20KTest(Dataset):
             scale (DCT-domain scaling), keeping the shorter side >= ``image_size``, before the resize to
             ``image_size``: several times faster on full-size photos, a small resampling difference. Smaller
             images decode exactly as without it. Off: every image is decoded at full size.
+        depth_root: an AGD20K-Depth root (``datasets.agd20k.depth``): every item then also carries ``depth``
+            (1, S, S) in [-1, 1], resized like the image. Every test image's depth map must exist (checked here).
     """
 
     def __init__(
@@ -63,8 +66,10 @@ class AGD20KTest(Dataset):
         with_masks: bool = False,
         cache_dir: str | os.PathLike | None = None,
         reduced_decode: bool = True,
+        depth_root: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
+        self.depth_root = Path(depth_root) if depth_root else None
         self.split = split
         self.image_size = image_size
         self.eval_size = eval_size
@@ -92,6 +97,8 @@ class AGD20KTest(Dataset):
         self.items = self._drop_unreadable(
             self.items, {i: _file_problem(it) for i, it in enumerate(self.items)}, "failed a structural check"
         )
+        if self.depth_root is not None:
+            check_depth_maps([it[0] for it in self.items], self.root, self.depth_root)
         self._gt_cache = self._load_cache(Path(cache_dir)) if cache_dir is not None else None
         if not self.items:
             raise ValueError(
@@ -172,7 +179,7 @@ class AGD20KTest(Dataset):
     ) -> AGD20KTest:
         """The test set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``, GT cache too).
 
-        ``reduced_decode`` is ``cfg.data.reduced_decode``.
+        ``reduced_decode`` is ``cfg.data.reduced_decode`` and ``depth_root`` is ``cfg.data.depth_root``.
         """
         return cls(
             cfg.data.root,
@@ -183,6 +190,7 @@ class AGD20KTest(Dataset):
             with_masks=with_masks,
             cache_dir=cfg.data.gt_cache or None,
             reduced_decode=cfg.data.reduced_decode,
+            depth_root=cfg.data.depth_root or None,
         )
 
     def __len__(self) -> int:
@@ -197,6 +205,8 @@ class AGD20KTest(Dataset):
         except (ValueError, OSError) as err:  # decoding failed although the file passed the structural check
             e, s = self.eval_size, self.image_size
             item.update(image=torch.zeros(3, s, s), gt=torch.zeros(e, e), readable=False, problem=str(err))
+            if self.depth_root is not None:
+                item.update(depth=torch.zeros(1, s, s))
             if self.with_masks:
                 item.update(object_mask=torch.zeros(e, e), part_mask=torch.zeros(e, e))
             if path not in {u.split(": ", 1)[0] for u in self.unreadable}:
@@ -216,6 +226,8 @@ class AGD20KTest(Dataset):
             "image": to_tensor(read_image(path, min_side=min_side), self.image_size),  # (3, S, S)
             "gt": torch.from_numpy(gt),  # (E, E)
         }
+        if self.depth_root is not None:
+            out["depth"] = eval_depth(read_depth(depth_path(path, self.root, self.depth_root)), self.image_size)
         if self.with_masks:
             obj_mask, part_mask = self._mask_paths[index]
             out["object_mask"] = torch.from_numpy(read_mask(obj_mask, self.eval_size))  # (E, E)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datasets.agd20k.depth import check_depth_maps, depth_path, read_depth, train_transform_with_depth
 from datasets.agd20k.layout import LAYOUT, SUBSETS, _check_layout, _class_names_for, _empty_folders, _tree
 from datasets.images import read_image, read_mask, train_transform, train_transform_with_mask
 
@@ -55,6 +56,9 @@ class AGD20KTrain(Dataset):
             decoded at full size with ``with_part_masks`` (its mask has the full size).
         views: K fixed augmented views per image (0: a fresh crop and flip at every use).
         view_seed: seed of the views (independent of ``seed``, so runs with other training seeds share them).
+        depth_root: an AGD20K-Depth root (``datasets.agd20k.depth``): every item then also carries ``exo_depth``
+            (n, 1, S, S) and ``ego_depth`` (1, S, S) in [-1, 1], under the images' crops and flips. Every image's
+            depth map must exist (checked here, before training). None: no depth.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class AGD20KTrain(Dataset):
         reduced_decode: bool = True,
         views: int = 0,
         view_seed: int = 0,
+        depth_root: str | os.PathLike | None = None,
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -86,6 +91,7 @@ class AGD20KTrain(Dataset):
         if views < 0:
             raise ValueError(f"views must be >= 0 (0: a fresh augmentation at every use), got {views}")
         self.views, self.view_seed = int(views), int(view_seed)
+        self.depth_root = Path(depth_root) if depth_root else None
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -151,6 +157,10 @@ class AGD20KTrain(Dataset):
                     "(datasets.synthetic writes <split>/masks/train_part/); regenerate it, or turn "
                     "model.extensions.oracle_prototypes off."
                 )
+        if self.depth_root is not None:
+            if with_part_masks:
+                raise ValueError("AGD20KTrain: depth maps and part masks (the oracle diagnostic) cannot be combined")
+            check_depth_maps(self.images, self.root, self.depth_root)
         logger.info(
             "AGD20KTrain %s: %d exocentric samples in %d folders, %d classes",
             split,
@@ -190,7 +200,7 @@ class AGD20KTrain(Dataset):
         go to the constructor as they are.
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode``, ``views`` and ``view_seed`` come from ``cfg.data``.
+        ``reduced_decode``, ``views``, ``view_seed`` and ``depth_root`` come from ``cfg.data``.
         """
         return cls(
             cfg.data.root,
@@ -204,6 +214,7 @@ class AGD20KTrain(Dataset):
             reduced_decode=cfg.data.reduced_decode,
             views=cfg.data.views,
             view_seed=cfg.data.view_seed,
+            depth_root=cfg.data.depth_root or None,
             **kwargs,
         )
 
@@ -299,10 +310,15 @@ class AGD20KTrain(Dataset):
         rng: np.random.Generator,
         ego: bool = False,
     ) -> dict[str, Any]:
-        """One image of a sample: ``path`` or its replacement, augmented (and the egocentric part mask)."""
+        """One image of a sample: ``path`` or its replacement, augmented (with its depth map, or the egocentric part
+        mask)."""
         with_mask = ego and self.with_part_masks
         img, used = self._read(path, pools, index, slot, full_size=with_mask)
         aug, _ = self._augment_rng(used, rng)
+        if self.depth_root is not None:
+            depth = read_depth(depth_path(used, self.root, self.depth_root))
+            image, depth_t = train_transform_with_depth(img, depth, self.resize_size, self.image_size, aug)
+            return {"image": image, "depth": depth_t, "path": used}  # (3, S, S), (1, S, S)
         if not with_mask:
             return {"image": train_transform(img, self.resize_size, self.image_size, aug), "path": used}  # (3, S, S)
         mask = read_mask(self._part_mask_path(used), None)  # (H, W) in {0, 1}
@@ -312,8 +328,12 @@ class AGD20KTrain(Dataset):
         return {"image": image, "ego_part_mask": part, "path": used}
 
     def _collate_views(self, exo: list[dict[str, Any]], ego: dict[str, Any]) -> dict[str, Any]:
-        """The image tensors of a sample: ``exo`` (n, 3, S, S), ``ego`` (3, S, S) (and ``ego_part_mask``)."""
+        """The image tensors of a sample: ``exo`` (n, 3, S, S), ``ego`` (3, S, S) (and ``ego_part_mask``, or
+        ``exo_depth`` (n, 1, S, S) and ``ego_depth`` (1, S, S))."""
         out = {"exo": torch.stack([e["image"] for e in exo]), "ego": ego["image"]}
         if "ego_part_mask" in ego:
             out["ego_part_mask"] = ego["ego_part_mask"]
+        if "depth" in ego:
+            out["exo_depth"] = torch.stack([e["depth"] for e in exo])
+            out["ego_depth"] = ego["depth"]
         return out

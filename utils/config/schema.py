@@ -12,6 +12,7 @@ __all__ = [
     "BASELINES",
     "SPLITS",
     "BackboneConfig",
+    "BitAlignConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -104,6 +105,11 @@ class DataConfig:
         "large as the transform needs; off decodes every pixel, as the published code does.",
     )
     gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy); empty disables the cache.")
+    depth_root: str = _f(
+        "",
+        "AGD20K-Depth root for BiT-Align's depth prompt: the layout of data.root with one 8-bit <stem>_depth.png per "
+        "image (e.g. <depth_root>/Seen/trainset/exocentric/<aff>/<obj>/<stem>_depth.png). Empty: no depth prompt.",
+    )
     synthetic: SyntheticConfig = _section(SyntheticConfig, "The offline synthetic world (datasets/synthetic.py).")
 
 
@@ -125,6 +131,13 @@ class BackboneConfig:
         "BiT-Align).",
         ("key", "token"),
     )
+    pos_embed_resize: str = _f(
+        "timm",
+        "How the position embedding meets the input grid: 'timm' (stored at the input size, resampled once with "
+        "antialiased bicubic) or 'dinov2' (kept at the checkpoint's grid and resized on every call as DINOv2 does: "
+        "bicubic, no antialias, scale factor (grid + 0.1) / stored grid; BiT-Align's published code).",
+        ("timm", "dinov2"),
+    )
     kwargs: dict[str, Any] = _f(
         {},
         "Extra keyword arguments for timm.create_model (e.g. {patch_size: 8, embed_dim: 192, depth: 4}) to build a "
@@ -144,8 +157,65 @@ class TextConfig:
     clip_weights: str = _f(
         "", "CLIP weights: a local checkpoint file, 'hub' (open_clip pretrained tag, needs network), or empty (random)."
     )
-    prompt_tokens: int = _f(0, "Learnable prompt (context) tokens before the class name; 0 uses the plain name.")
+    prompt_tokens: int = _f(0, "Prompt (context) tokens before the class name; 0 uses the plain name.")
     template: str = _f("{}", "Text template for class names, e.g. 'a photo of something to {} with'.")
+    prompt_position: str = _f(
+        "after_start",
+        "Where the prompt tokens go: 'after_start' (between the start token and the words, CoOp) or 'before_start' "
+        "(ahead of the start token, BiT-Align's published code).",
+        ("after_start", "before_start"),
+    )
+    train_prompts: bool = _f(
+        True, "Train the prompt tokens; false keeps them at their random initial values (BiT-Align's published code)."
+    )
+    prompt_init_std: float = _f(
+        0.02, "Standard deviation of the prompt tokens' random initial values (CoOp: 0.02; BiT-Align: 1)."
+    )
+    end_token: str = _f(
+        "shifted",
+        "Which position is read as the text feature: 'shifted' (the end token, wherever the prompts moved it) or "
+        "'unshifted' (the end token's index in the text without prompts, BiT-Align's published code: with prompts "
+        "before the start token it reads an early word, so names of equal token length share one feature).",
+        ("shifted", "unshifted"),
+    )
+    activation: str = _f(
+        "auto",
+        "Activation of the text tower: 'auto' (from the weights' origin: QuickGELU for OpenAI's weights, recognised "
+        "in a TorchScript archive, a state dict saved from one or the 'openai' hub tag, or for a '-quickgelu' model "
+        "name; else the model config's), 'quick_gelu' or 'gelu'. A choice that contradicts the weights is an error.",
+        ("auto", "quick_gelu", "gelu"),
+    )
+
+
+@dataclass
+class BitAlignConfig:
+    gate: str = _f(
+        "cosine",
+        "Text gating rule: 'cosine' (x * sigmoid(logit scale * cos(token, text)) + x, the paper's description) or "
+        "'published' (BiT-Align's code: AttentionPool2d output tokens L2-normalised over the batch axis, dotted with "
+        "the text, L2-normalised over space, sigmoid; nearly a flat x1.5, and batch-size dependent).",
+        ("cosine", "published"),
+    )
+    head_choice: str = _f(
+        "sample",
+        "CLS head fused into each sample's saliency: 'sample' (its own text-selected head) or 'batch' (BiT-Align's "
+        "code: the mean of the heads chosen by every sample of the batch, each on the sample's own attention).",
+        ("sample", "batch"),
+    )
+    pool_heads: int = _f(
+        0, "Heads of the AttentionPool2d; 0 picks the ViT's head count (BiT-Align's code: 64, i.e. 6 channels each)."
+    )
+    pool_pos_embed: str = _f(
+        "learned",
+        "AttentionPool2d position embedding: 'learned' or 'fixed' (kept at its random initial values, as in "
+        "BiT-Align's code, where its name keeps it out of the optimiser).",
+        ("learned", "fixed"),
+    )
+    logit_scale: str = _f(
+        "learned",
+        "Image-text logit scale (starts at 1/0.07): 'learned' or 'fixed' (BiT-Align's code never updates it).",
+        ("learned", "fixed"),
+    )
 
 
 @dataclass
@@ -208,6 +278,14 @@ class ModelConfig:
         "by its own descriptor only.",
     )
     adapter_ratio: int = _f(4, "Hidden width of the aff_proj adapter MLP, as a multiple of the descriptor width.")
+    adapter_residual: bool = _f(
+        True, "The aff_proj adapter adds its input back, x + MLP(x) (LOCATE); false gives MLP(x) (BiT-Align's code)."
+    )
+    bitalign: BitAlignConfig = _section(
+        BitAlignConfig,
+        "BiT-Align's text-guided parts (with model.saliency=bitalign / model.text_gating): the defaults follow the "
+        "paper's description; configs/reference/bitalign_*.yaml switch each to what the published code does.",
+    )
     extensions: ExtensionsConfig = _section(
         ExtensionsConfig,
         "Our additions to the published method (models/extensions/), developed on the offline world; all off in the "

@@ -69,6 +69,7 @@ def validate(cfg: Config) -> None:
         ("viz.every", cfg.viz.every),
         ("viz.num", cfg.viz.num),
         ("model.text.prompt_tokens", m.text.prompt_tokens),
+        ("model.bitalign.pool_heads", m.bitalign.pool_heads),
         ("loss.proto_warmup_epochs", cfg.loss.proto_warmup_epochs),
     ):
         _check(value >= 0, key, value, "an integer >= 0")
@@ -93,6 +94,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "a value in [0, 1)")
     _check(0 < t.lr_gamma <= 1, "train.lr_gamma", t.lr_gamma, "a value in (0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 disables clipping)")
+    _check(m.text.prompt_init_std > 0, "model.text.prompt_init_std", m.text.prompt_init_std, "a positive std")
     _check(cfg.loss.proto_margin < 1, "loss.proto_margin", cfg.loss.proto_margin, "a margin below 1")
     ext = m.extensions
     _check(ext.appearance >= 0, "model.extensions.appearance", ext.appearance, "a weight >= 0 (0 turns it off)")

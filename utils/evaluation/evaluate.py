@@ -227,7 +227,8 @@ def model_predict_fn(model: Any, eval_size: int) -> PredictFn:
     size = (int(eval_size), int(eval_size))
 
     def predict_fn(batch: dict[str, Any]) -> torch.Tensor:
-        return model.predict(batch["image"], batch["label"], output_size=size).maps
+        extra = {"depth": batch["depth"]} if "depth" in batch else {}  # AGD20K-Depth maps, with data.depth_root
+        return model.predict(batch["image"], batch["label"], output_size=size, **extra).maps
 
     return predict_fn
 
