@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets.agd20k.depth import depth_path, read_depth, train_transform_with_depth
 from datasets.agd20k.trainset import AGD20KTrain
 from datasets.feature_store import DTYPES, FeatureStore
 from datasets.images import read_image, train_transform
@@ -40,9 +41,13 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def _encoder_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of everything that shapes ``model.encode``: the frozen backbone's tensors and the extension's setup."""
+    """SHA-256 of everything that shapes ``model.encode``: the frozen backbone's (and depth prompt's) tensors and the
+    descriptor extension's setup."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.backbone.state_dict().items()):
+    state = dict(model.backbone.state_dict())
+    if getattr(model, "depth_prompt", None) is not None:
+        state.update({f"depth_prompt.{k}": v for k, v in model.depth_prompt.state_dict().items()})
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(repr(model.descriptor_extra).encode())
@@ -50,11 +55,16 @@ def _encoder_digest(model: torch.nn.Module) -> str:
 
 
 def _images_digest(train_set: AGD20KTrain) -> str:
-    """SHA-256 of the training images' paths (relative to the root), sizes and modification times."""
+    """SHA-256 of the training images' (and depth maps') paths relative to their roots, sizes and modification
+    times."""
     h = hashlib.sha256()
     for path in train_set.images:
-        st = Path(path).stat()
-        h.update(f"{Path(path).relative_to(train_set.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        files = [(Path(path), train_set.root)]
+        if train_set.depth_root is not None:
+            files.append((depth_path(path, train_set.root, train_set.depth_root), train_set.depth_root))
+        for file, root in files:
+            st = file.stat()
+            h.update(f"{file.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -70,6 +80,7 @@ def cache_key(model: torch.nn.Module, train_set: AGD20KTrain, dtype: str, amp_dt
         "image_size": train_set.image_size,
         "resize_size": train_set.resize_size,
         "reduced_decode": train_set.reduced_decode,
+        "depth": train_set.depth_root is not None,
         "views": train_set.views,
         "view_seed": train_set.view_seed,
         "dtype": dtype,
@@ -78,7 +89,8 @@ def cache_key(model: torch.nn.Module, train_set: AGD20KTrain, dtype: str, amp_dt
 
 
 class _ImageViews(Dataset):
-    """Item i: (i, the K augmented views (K, 3, S, S) of image i) or (i, None) when it cannot be read."""
+    """Item i: (i, the K augmented views (K, 3, S, S) of image i, their depth maps (K, 1, S, S) or None), or
+    (i, None, None) when the image cannot be read."""
 
     def __init__(self, train_set: AGD20KTrain) -> None:
         self.train_set = train_set
@@ -86,16 +98,20 @@ class _ImageViews(Dataset):
     def __len__(self) -> int:
         return len(self.train_set.images)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
         ts = self.train_set
         path = ts.images[i]
         try:
             img = read_image(path, min_side=ts.resize_size if ts.reduced_decode else None)
         except (ValueError, OSError) as err:
             logger.warning("feature cache: unreadable training image left out (%s)", err)
-            return i, None
-        views = [train_transform(img, ts.resize_size, ts.image_size, ts.view_rng(path, v)) for v in range(ts.views)]
-        return i, torch.stack(views)
+            return i, None, None
+        rngs = [ts.view_rng(path, v) for v in range(ts.views)]
+        if ts.depth_root is None:
+            return i, torch.stack([train_transform(img, ts.resize_size, ts.image_size, r) for r in rngs]), None
+        depth = read_depth(depth_path(path, ts.root, ts.depth_root))
+        pairs = [train_transform_with_depth(img, depth, ts.resize_size, ts.image_size, r) for r in rngs]
+        return i, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def _to_store(x: torch.Tensor, dtype: str, what: str) -> np.ndarray:
@@ -162,13 +178,14 @@ def prepare_feature_cache(
     try:
         bar = tqdm(loader, desc=f"feature cache {train_set.split}", unit="batch", disable=not progress, leave=False)
         for batch in bar:
-            unreadable += [i for i, views in batch if views is None]
-            good = [(i, views) for i, views in batch if views is not None]
+            unreadable += [i for i, views, _ in batch if views is None]
+            good = [(i, views, depth) for i, views, depth in batch if views is not None]
             if not good:
                 continue
-            x = torch.cat([views for _, views in good]).to(device)  # (m·K, 3, S, S)
+            x = torch.cat([views for _, views, _ in good]).to(device)  # (m·K, 3, S, S)
+            depth = torch.cat([d for _, _, d in good]).to(device) if good[0][2] is not None else None  # (m·K, 1, S, S)
             with amp_context(device, amp_dtype):
-                feats = model.encode(x)
+                feats = model.encode(x, depth)
             desc = feats.descriptors.reshape(len(good), k, *feats.descriptors.shape[1:])  # (m, K, D, h, w)
             attn = feats.cls_attn.reshape(len(good), k, *feats.cls_attn.shape[1:])  # (m, K, heads, h, w)
             if arrays is None:
@@ -184,7 +201,7 @@ def prepare_feature_cache(
                     dtype,
                 )
                 arrays = FeatureStore.create(folder, len(images), k, *shapes, dtype)
-            ids = np.asarray([i for i, _ in good])
+            ids = np.asarray([i for i, _, _ in good])
             arrays[0][ids] = _to_store(desc, dtype, "descriptors")
             arrays[1][ids] = _to_store(attn, dtype, "CLS attention")
         if arrays is None:
