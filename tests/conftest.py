@@ -6,6 +6,9 @@
   generated once per session; tests that change files copy it first.
 - Runs: the overrides of a two-step-per-epoch training run on that world (``tiny_run_args``), one finished run with
   every output switched on, and one freshly initialised checkpoint, each made once per session.
+
+The factories and the session-wide results are fixtures; the constants and plain helpers are imported by the test
+modules (``from conftest import tiny_config``).
 """
 
 from __future__ import annotations

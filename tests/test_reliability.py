@@ -1,4 +1,4 @@
-"""Fault cases (issue 9): every failure says what was expected, what was found and what to do, or is a counted,
+"""Fault cases: every failure says what was expected, what was found and what to do, or is a counted,
 logged skip, and nothing is lost. Cases already covered elsewhere (wrong root, unknown class folders, missing GT,
 unreadable training images in the dataset, truncated/foreign checkpoints, backbone files with wrong keys, NaN
 losses, interrupted writes by exception) are not repeated here; this file covers what crosses module boundaries:
