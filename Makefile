@@ -1,12 +1,13 @@
 # One entry point for the common jobs. Every target creates the virtual environment first when needed.
 #   make demo   set up, then train + evaluate on the offline synthetic world (the main job, CPU, < 10 min)
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (the tests marked slow left out)
+#   make test-slow  set up, then run only the tests marked slow (longer versions of default tests)
 #   make lint   ruff check + format check
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint benchmark clean-venv
+.PHONY: venv demo test test-slow lint benchmark clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
 
 lint: venv
 	$(VENV)/bin/ruff check .

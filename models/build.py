@@ -36,9 +36,11 @@ def build_model(cfg: Config, class_names: list[str]) -> Grounder:
     """Build the grounder described by a :class:`utils.config.Config` (weights loaded, nothing moved to a device).
 
     The parts are created in a fixed order (backbone, text encoder, adapter, projections, classifier, attention
-    pooling, depth prompt), so that a seed gives the same initial weights whatever else the configuration switches on.
-    BiT-Align's variants (``model.bitalign``, ``model.text``, ``model.adapter_residual``,
-    ``model.backbone.pos_embed_resize``, ``data.depth_root``) are chosen here, as parts or options of parts.
+    pooling, depth prompt), so that a part without parameters (a saliency rule, a part selector, a pooling, the
+    centring, the class contrast, the object prior) leaves a seed's initial weights unchanged; a text encoder is drawn
+    before the heads and so changes theirs. BiT-Align's variants (``model.bitalign``, ``model.text``,
+    ``model.adapter_residual``, ``model.backbone.pos_embed_resize``, ``data.depth_root``) are chosen here, as parts or
+    options of parts.
 
     Args:
         cfg: the resolved configuration (``cfg.model``, ``cfg.data.image_size``, ``cfg.seed``).

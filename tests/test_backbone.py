@@ -1,15 +1,17 @@
-"""Tests of models/backbone.py on tiny random ViTs (one shape check on a real-size ViT-S/16), CPU only."""
+"""Tests of models/backbone.py on tiny random ViTs (one check on a real-size ViT-S/16), CPU only."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_VIT
 from einops import rearrange
 from safetensors.torch import save_file
 
-from models.backbone import _APPEARANCE_MEAN, _APPEARANCE_STD, ViTBackbone, patch_appearance, read_state_dict
+from models.backbone import ViTBackbone, read_state_dict
+from models.outputs import Features
 
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+TINY = TINY_VIT
 TINY_REG = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 2, "num_heads": 2}  # DINOv2 + 4 registers
 
 
@@ -34,26 +36,34 @@ def naive_last_block(bb: ViTBackbone, x: torch.Tensor) -> tuple[torch.Tensor, to
     return attn, k
 
 
-@pytest.mark.parametrize("size", [(32, 32), (32, 48)])
-def test_tiny_shapes_for_two_input_sizes(size):
+@pytest.mark.parametrize("size", [(32, 32), (32, 40), (48, 32)])
+def test_cls_attention_and_keys_match_naive_full_attention(size):
     bb = tiny()
-    out = bb(torch.randn(2, 3, *size))
-    h, w = size[0] // 8, size[1] // 8
-    assert out["descriptors"].shape == (2, 32, h, w)
-    assert out["tokens"].shape == (2, 32, h, w)
-    assert out["cls_attn"].shape == (2, 2, h, w)
-    assert (bb.embed_dim, bb.num_heads, bb.patch_size, bb.num_prefix_tokens) == (32, 2, 8, 1)
-
-
-def test_cls_attention_and_keys_match_naive_full_attention():
-    bb = tiny()
-    x = torch.randn(2, 3, 32, 40)
+    assert (bb.embed_dim, bb.num_heads, bb.patch_size, bb.num_prefix_tokens, bb.out_dim) == (32, 2, 8, 1, 32)
+    x = torch.randn(2, 3, *size)
     out = bb(x)
+    h, w = size[0] // 8, size[1] // 8  # the grid follows the input
+    assert isinstance(out, Features)
+    assert out.descriptors.shape == (2, 32, h, w) and out.cls_attn.shape == (2, 2, h, w)
     attn, k = naive_last_block(bb, x)
-    row = rearrange(attn[:, :, 0, 1:], "b nh (h w) -> b nh h w", h=4, w=5)
-    torch.testing.assert_close(out["cls_attn"], row, atol=1e-6, rtol=1e-5)
-    keys = rearrange(k[:, :, 1:], "b nh (h w) dh -> b (nh dh) h w", h=4, w=5)  # head-major channels
-    torch.testing.assert_close(out["descriptors"], keys, atol=1e-6, rtol=1e-5)
+    row = rearrange(attn[:, :, 0, 1:], "b nh (h w) -> b nh h w", h=h, w=w)
+    torch.testing.assert_close(out.cls_attn, row, atol=1e-6, rtol=1e-5)
+    keys = rearrange(k[:, :, 1:], "b nh (h w) dh -> b (nh dh) h w", h=h, w=w)  # head-major channels
+    torch.testing.assert_close(out.descriptors, keys, atol=1e-6, rtol=1e-5)
+
+
+def test_key_descriptors_stop_before_the_rest_of_the_last_block():
+    # Keys need only the last block's normed input: its attention output, MLP and the final norm never run.
+    ran: list[str] = []
+    for descriptor in ("key", "token"):
+        bb = tiny(descriptor)
+        watched = {"mlp": bb.vit.blocks[-1].mlp, "norm": bb.vit.norm}
+        hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in watched.items()]
+        bb(torch.randn(1, 3, 32, 32))
+        for hook in hooks:
+            hook.remove()
+        ran.append(f"end {descriptor}")
+    assert ran == ["end key", "mlp", "norm", "end token"]
 
 
 def test_register_tokens_are_stripped_and_included_in_the_softmax():
@@ -62,13 +72,15 @@ def test_register_tokens_are_stripped_and_included_in_the_softmax():
     assert bb.num_prefix_tokens == 5  # CLS + 4 registers
     x = torch.randn(1, 3, 28, 35)
     out = bb(x)
-    assert out["cls_attn"].shape == (1, 2, 4, 5)
-    assert out["descriptors"].shape == (1, 32, 4, 5)
-    attn, _ = naive_last_block(bb, x)
+    assert out.cls_attn.shape == (1, 2, 4, 5)
+    assert out.descriptors.shape == (1, 32, 4, 5)
+    attn, k = naive_last_block(bb, x)
     row = rearrange(attn[:, :, 0, 5:], "b nh (h w) -> b nh h w", h=4, w=5)
-    torch.testing.assert_close(out["cls_attn"], row, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.cls_attn, row, atol=1e-6, rtol=1e-5)
+    keys = rearrange(k[:, :, 5:], "b nh (h w) dh -> b (nh dh) h w", h=4, w=5)  # registers stripped, not [:, 1:]
+    torch.testing.assert_close(out.descriptors, keys, atol=1e-6, rtol=1e-5)
     # The softmax ran over all tokens: the patch columns alone sum to less than one.
-    assert bool((out["cls_attn"].sum(dim=(-2, -1)) < 1 - 1e-4).all())
+    assert bool((out.cls_attn.sum(dim=(-2, -1)) < 1 - 1e-4).all())
 
 
 def test_token_descriptor_is_final_normed_patch_tokens():
@@ -77,8 +89,9 @@ def test_token_descriptor_is_final_normed_patch_tokens():
     out = bb(x)
     with torch.no_grad():
         feats = bb.vit.forward_features(x)[:, bb.num_prefix_tokens :]  # (1, 16, 32)
-    torch.testing.assert_close(out["descriptors"], rearrange(feats, "b (h w) d -> b d h w", h=4, w=4))
-    torch.testing.assert_close(out["tokens"], out["descriptors"])
+    torch.testing.assert_close(out.descriptors, rearrange(feats, "b (h w) d -> b d h w", h=4, w=4))
+    # the CLS attention does not depend on which descriptor is handed out
+    torch.testing.assert_close(out.cls_attn, tiny("key")(x).cls_attn)
 
 
 def test_frozen_backbone_stays_eval_and_gives_no_grad():
@@ -88,18 +101,9 @@ def test_frozen_backbone_stays_eval_and_gives_no_grad():
     assert bb.training and not bb.vit.training
     assert not any(m.training for m in bb.vit.modules())
     assert not any(p.requires_grad for p in bb.parameters())
-    out = bb(torch.randn(1, 3, 32, 32, requires_grad=True))
-    assert all(not v.requires_grad for v in out.values())
-
-
-def test_trainable_backbone_gets_gradients_and_follows_train_mode():
-    bb = tiny(trainable=True)
-    bb.train()
-    assert bb.vit.training
-    out = bb(torch.randn(1, 3, 32, 32))
-    (out["descriptors"].sum() + out["cls_attn"].sum()).backward()
-    assert bb.vit.blocks[-1].attn.qkv.weight.grad is not None
-    assert bb.vit.patch_embed.proj.weight.grad is not None
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    out = bb(x)
+    assert not out.descriptors.requires_grad and not out.cls_attn.requires_grad
 
 
 def test_input_not_multiple_of_patch_raises():
@@ -107,15 +111,20 @@ def test_input_not_multiple_of_patch_raises():
         tiny()(torch.randn(1, 3, 30, 32))
     with pytest.raises(ValueError, match="descriptor must be one of"):
         tiny(descriptor="value")
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
+        tiny()(torch.randn(1, 4, 32, 32))
 
 
-def test_real_vit_s16_shapes_at_224():
+def test_real_vit_s16_at_224():
     torch.manual_seed(0)
     bb = ViTBackbone()  # vit_small_patch16_224.dino, random weights
     out = bb(torch.randn(1, 3, 224, 224))
-    assert out["descriptors"].shape == (1, 384, 14, 14)
-    assert out["tokens"].shape == (1, 384, 14, 14)
-    assert out["cls_attn"].shape == (1, 6, 14, 14)
+    assert out.descriptors.shape == (1, 384, 14, 14)
+    assert out.cls_attn.shape == (1, 6, 14, 14)
+    assert bb.default_grid == (14, 14) and bb.grid_size(224, 320) == (14, 20)
+    # the CLS row is a softmax over CLS and patches: the patch columns sum to more than zero and less than one
+    total = out.cls_attn.sum(dim=(-2, -1))
+    assert bool(((total > 0) & (total < 1)).all())
 
 
 # ------------------------------------------------------------------------------------------ weight files
@@ -194,44 +203,5 @@ def test_loads_official_dinov2_layout_with_registers(tmp_path):
     torch.manual_seed(1)
     dst = ViTBackbone("vit_small_patch14_reg4_dinov2", weights=path, **TINY_REG)
     x = torch.randn(1, 3, 28, 28)
-    torch.testing.assert_close(dst(x)["cls_attn"], src(x)["cls_attn"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dst(x).cls_attn, src(x).cls_attn, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(dst.vit.cls_token, src.vit.cls_token)
-
-
-def _raw(stats: torch.Tensor) -> torch.Tensor:
-    """Undo patch_appearance's standardisation: (B, 7, h, w) -> the plain statistics."""
-    mean = torch.tensor(_APPEARANCE_MEAN).view(1, -1, 1, 1)
-    std = torch.tensor(_APPEARANCE_STD).view(1, -1, 1, 1)
-    return stats * std + mean
-
-
-def test_patch_appearance_hand_values_and_independence_of_where_the_pattern_falls():
-    x = torch.zeros(1, 3, 8, 16)
-    x[0, 0, :, :8] = 0.5  # left patch: flat colour (0.5, 0, 0)
-    stripes = (torch.arange(8) % 2).float()  # right patch: vertical stripes 0/1 in every channel
-    x[0, :, :, 8:] = stripes.view(1, 1, 8)
-    raw = _raw(patch_appearance(x, 8))[0]  # (7, 1, 2)
-    torch.testing.assert_close(raw[:3, 0, 0], torch.tensor([0.5, 0.0, 0.0]))
-    torch.testing.assert_close(raw[3:6, 0, 0], torch.zeros(3), atol=1e-6, rtol=0)  # no spread
-    # No texture inside; only its last column's difference looks across the border (0.5 in one channel of three).
-    torch.testing.assert_close(raw[6, 0, 0], torch.tensor(8 * (0.5 / 3) / 64))
-    torch.testing.assert_close(raw[:6, 0, 1], torch.full((6,), 0.5))  # mean 0.5, std 0.5 per channel
-    # Texture: 7 of the 8 horizontal neighbour pairs differ by 1 (the 8th is padding), vertical ones never.
-    torch.testing.assert_close(raw[6, 0, 1], torch.tensor(7 / 8))
-    # The same stripes shifted by one pixel: a linear patch embedding changes, these statistics do not.
-    shifted = x.clone()
-    shifted[0, :, :, 8:] = 1 - stripes.view(1, 1, 8)
-    torch.testing.assert_close(_raw(patch_appearance(shifted, 8))[0, :6, 0, 1], raw[:6, 0, 1])
-
-
-def test_appearance_channels_follow_the_descriptors_times_their_weight():
-    plain, mixed = tiny("token"), tiny("token", appearance=3.0)
-    assert (plain.out_dim, mixed.out_dim) == (32, 39)
-    x = torch.randn(2, 3, 32, 32)
-    a, b = plain(x)["descriptors"], mixed(x)["descriptors"]
-    assert b.shape == (2, 39, 4, 4)
-    torch.testing.assert_close(b[:, :32], a)
-    torch.testing.assert_close(b[:, 32:], 3.0 * patch_appearance(x, 8))
-    assert mixed(x)["tokens"].shape[1] == 32  # the tokens stay the ViT's own
-    with pytest.raises(ValueError, match="appearance must be a weight >= 0"):
-        tiny(appearance=-1.0)

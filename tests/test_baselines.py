@@ -66,15 +66,11 @@ def test_build_baseline() -> None:
         build_baseline("centre")
 
 
-def test_baselines_on_a_tiny_synthetic_world(tmp_path) -> None:
+def test_baselines_on_a_tiny_synthetic_world(tiny_world) -> None:
     from datasets.agd20k import AGD20KTest
-    from datasets.synthetic import generate_world
     from utils.evaluation.evaluate import evaluate
 
-    root = generate_world(
-        tmp_path / "world", image_size=32, exo_per_folder=1, ego_per_folder=1, test_per_folder=1, progress=False
-    )
-    test_set = AGD20KTest(root, "Seen", image_size=32, eval_size=32, with_masks=True)
+    test_set = AGD20KTest(tiny_world, "Seen", image_size=32, eval_size=32, with_masks=True)
     scores = {name: evaluate(build_baseline(name), test_set, progress=False).summary for name in BASELINES}
     for s in scores.values():
         assert s["num_images"] == len(test_set)

@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_MODEL_ARGS
 
 from utils.tools import benchmark
 
-TINY = [
-    "model.backbone.name=vit_small_patch16_224",
-    "model.backbone.kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
-    "model.cls_heads=[0,1]",
-    "model.kmeans_iters=5",
-    "data.image_size=32",
-    "data.resize_size=36",
-    "data.eval_size=32",
-    "train.amp=off",
-]
+TINY = [*TINY_MODEL_ARGS, "data.image_size=32", "data.resize_size=36", "data.eval_size=32", "train.amp=off"]
 
 
 def test_benchmark_writes_every_measurement(tmp_path, capsys, caplog, monkeypatch):

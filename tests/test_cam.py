@@ -10,12 +10,12 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import CLASS_NAMES, TINY_VIT, tiny_config
 from torch import nn
 
-from models.backbone import ViTBackbone
 from models.build import build_model
-from models.grounder import Grounder
-from utils.config import config_from_dict
+from models.extensions.centring import DescriptorCentring
+from models.extensions.contrast import ClassPatchBank
 from utils.maps import normalize_minmax
 from utils.viz.cam import (
     CAM,
@@ -31,8 +31,6 @@ from utils.viz.cam import (
     vit_reshape_transform,
 )
 from utils.viz.cam.cli import main
-
-TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def _no_hooks(model: nn.Module) -> bool:
@@ -165,6 +163,20 @@ def test_other_methods_run(method):
     assert out.shape == (2, 8, 8) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
+def test_layercam_weights_each_channel_by_the_positive_part_of_its_classifier_weight():
+    # GAP + linear: the class score's gradient at every position of channel k is w_k / (h w), so LayerCAM's
+    # sum_k ReLU(gradient) * A_k is sum_k ReLU(w_k) A_k / (h w), then ReLU and min-max
+    torch.manual_seed(1)
+    model = GapNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        feats = model.features(x)  # (2, 4, 8, 8)
+        w = model.fc.weight[[0, 2]].clamp_min(0)  # (2, 4): each image's class
+        expected = normalize_minmax(torch.einsum("bk,bkhw->bhw", w, feats).clamp_min(0)).numpy()
+    out = explain(model, x, "layercam", ["features"], targets=[0, 2])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_affordance_target_on_all_output_forms():
     logits = torch.tensor([0.5, -1.0, 2.0])
     assert AffordanceTarget(2)(logits) == 2.0
@@ -270,23 +282,18 @@ def test_box_iou():
 
 
 # ------------------------------------------------------------------------------------------------ our grounder
-def _grounder() -> Grounder:
-    torch.manual_seed(0)
-    return Grounder(["cut_with", "hold", "pour"], ViTBackbone("vit_small_patch16_224", **TINY_VIT), cls_heads=[0, 1])
-
-
-def test_cam_on_the_grounder_is_its_ego_pred():
-    grounder = _grounder()
+def test_cam_on_the_grounder_is_its_ego_pred(make_grounder):
+    grounder = make_grounder()
     x = torch.randn(2, 3, 32, 32)
     wrapped = GrounderForCAM(grounder)
     maps = CAM(wrapped, target_layer=None, fc="grounder.aff_fc")(x, torch.tensor([0, 2]))
-    ego_pred = grounder.predict(x)["ego_pred"]  # (2, 3, 4, 4)
+    ego_pred = grounder.predict(x).ego_pred  # (2, 3, 4, 4)
     torch.testing.assert_close(maps, ego_pred[[0, 1], [0, 2]], atol=1e-5, rtol=1e-5)
     assert _no_hooks(grounder)
 
 
-def test_gradient_cams_on_the_grounder():
-    grounder = _grounder()
+def test_gradient_cams_on_the_grounder(make_grounder):
+    grounder = make_grounder()
     x = torch.randn(2, 3, 32, 32)
     wrapped = GrounderForCAM(grounder, labels=torch.tensor([1]))  # one label shared by the batch
     out = explain(wrapped, x, "gradcam", ["grounder.aff_ego_proj"], targets=1)
@@ -297,9 +304,15 @@ def test_gradient_cams_on_the_grounder():
     with pytest.raises(RuntimeError, match="no gradient reached the target layers"):
         explain(wrapped, x, "gradcam", ["grounder.backbone.vit.blocks.-1.norm1"], targets=1, reshape_transform="vit")
     # Gradient-free methods do work on the backbone's ViT blocks, through our reshape transform.
-    eig = explain(wrapped, x, "eigencam", ["grounder.backbone.vit.blocks.-1"], reshape_transform="vit")
+    eig = explain(wrapped, x, "eigencam", ["grounder.backbone.vit.blocks.-1.norm1"], reshape_transform="vit")
     assert eig.shape == (2, 32, 32) and np.isfinite(eig).all()
+    # With key descriptors the backbone stops inside its last block: that block's output never exists.
+    with pytest.raises(RuntimeError, match=r"never ran in the forward pass.*blocks\.-1\.norm1"):
+        explain(wrapped, x, "eigencam", ["grounder.backbone.vit.blocks.-1"], reshape_transform="vit")
     assert _no_hooks(grounder)
+    tokens = GrounderForCAM(make_grounder({"model": {"backbone": {"descriptor": "token"}}}), labels=torch.tensor([1]))
+    eig = explain(tokens, x, "eigencam", ["grounder.backbone.vit.blocks.-1"], reshape_transform="vit")
+    assert eig.shape == (2, 32, 32) and np.isfinite(eig).all() and (eig.max(axis=(1, 2)) > 0.99).all()
     with pytest.raises(ValueError, match="2 labels for a batch of 3"):
         GrounderForCAM(grounder, labels=[0, 1])(torch.randn(3, 3, 32, 32))
 
@@ -333,23 +346,21 @@ def test_cli_on_a_vit(tmp_path):
         main([*argv, "--image-size", "64", "--methods", "cam"])
 
 
-def test_cli_grounder_panel_from_a_checkpoint(tmp_path):
+def test_cli_grounder_panel_from_a_checkpoint(tmp_path, monkeypatch):
     from utils.engine.checkpoint import save_checkpoint
 
-    cfg = config_from_dict(
-        {
-            "data": {"image_size": 32},
-            "model": {
-                "backbone": {"name": "vit_small_patch16_224", "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2}},
-                "cls_heads": [0, 1],
-            },
-        }
-    )
-    cfg.model.backbone.kwargs["num_heads"] = 2
-    names = ["cut_with", "hold", "pour"]
+    # the offline extensions with state: the panel's forward pass must leave the bank and the running mean alone
+    cfg = tiny_config({"model": {"extensions": {"class_contrast": True, "center_descriptors": True}}})
+    names = CLASS_NAMES
     torch.manual_seed(0)
     ckpt = save_checkpoint(
         tmp_path / "last.pth", model=build_model(cfg, names), cfg=cfg, class_names=names, epoch=1, step=1
+    )
+    stored, modes = [], []
+    real_add, real_centre = ClassPatchBank.add, DescriptorCentring.forward
+    monkeypatch.setattr(ClassPatchBank, "add", lambda self, *a: stored.append(1) or real_add(self, *a))
+    monkeypatch.setattr(
+        DescriptorCentring, "forward", lambda self, *a: modes.append(self.training) or real_centre(self, *a)
     )
     out = tmp_path / "panel.png"
     image = _write_image(tmp_path / "x.png")
@@ -365,5 +376,6 @@ def test_cli_grounder_panel_from_a_checkpoint(tmp_path):
     assert main([*argv, "--exo", *exo]) == 0
     full = cv2.imread(str(with_exo))
     assert full is not None and full.shape[0] > ego_only.shape[0] + 100  # two more rows of tiles
+    assert modes == [False] and stored == []  # one forward pass, in eval mode: nothing stored, no mean moved
     with pytest.raises(ValueError, match="--exo needs --checkpoint"):
         main(["--image", image, "--out", str(out), "--exo", *exo])

@@ -31,6 +31,11 @@ def test_defaults_are_the_published_recipe():
         0.1,
     )
     assert t.nesterov and cfg.data.num_exo == 3 and cfg.data.image_size == 224
+    assert cfg.data.num_workers == -1 and cfg.data.reduced_decode  # one worker per usable CPU but one
+    ext = cfg.model.extensions  # our offline-world additions: all off in the published recipe
+    assert ext.appearance == ext.topk_pool == ext.object_prior == 0.0
+    assert not (ext.center_descriptors or ext.class_contrast)
+    assert not ext.oracle_prototypes
 
 
 def test_default_lists_are_not_shared_between_instances():
@@ -102,6 +107,12 @@ def test_cli_overrides_coerce_types_and_win_over_yaml(tmp_path):
         ("train.nesterov=maybe", r"train\.nesterov: expected a bool"),
         ("model.cls_heads=3", r"model\.cls_heads: expected a list of int"),
         ("model.cls_heads=[0, x]", r"model\.cls_heads\[1\]: expected an int"),
+        (
+            "model.center_descriptors=true",
+            r"unknown config key 'model\.center_descriptors'\. Did you mean 'model\.extensions'",
+        ),
+        ("model.backbone.trainable=true", r"unknown config key 'model\.backbone\.trainable'"),
+        ("model.extensions.topk=0.2", r"Did you mean 'model\.extensions\.topk_pool'\?"),
         ("train", r"not of the form section\.key=value"),
         ("train.=3", r"empty key"),
     ],
@@ -124,7 +135,21 @@ def test_bad_overrides_name_the_key(override, pattern):
         ("model.backbone.name=vit_smal_patch16_224", r"not a timm model\. Closest: vit_small_patch16_224"),
         ("model.saliency=bitalign", r"model\.text\.encoder=clip or learned"),
         ("device=gpu", r"device='gpu' is invalid"),
-        ("model.object_prior=1", r"model\.object_prior=1\.0 is invalid: expected a share in \[0, 1\)"),
+        (
+            "model.extensions.object_prior=1",
+            r"model\.extensions\.object_prior=1\.0 is invalid: expected a share in \[0, 1\)",
+        ),
+        (
+            "model.extensions.topk_pool=1.5",
+            r"model\.extensions\.topk_pool=1\.5 is invalid: expected a fraction in \[0, 1\]",
+        ),
+        (
+            "model.extensions.contrast_bank=0",
+            r"model\.extensions\.contrast_bank=0 is invalid: expected a positive integer",
+        ),
+        ("model.extensions.contrast_weight=-1", r"model\.extensions\.contrast_weight=-1\.0 is invalid"),
+        ("model.extensions.appearance=-2", r"model\.extensions\.appearance=-2\.0 is invalid"),
+        ("data.num_workers=-2", r"data\.num_workers=-2 is invalid: expected -1 \(one per usable CPU\) or a count >= 0"),
         (
             "model.proj_kernels=[3, 2]",
             r"model\.proj_kernels=\[3, 2\] is invalid: expected a non-empty list of positive odd",

@@ -65,9 +65,19 @@ def test_evaluator_errors() -> None:
     assert ev.summary()["KLD"] is None  # empty: no mean
 
 
-def test_evaluate_scores_every_image_in_order() -> None:
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads for one test (the suite runs with one, see conftest), so that a change shows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_evaluate_scores_every_image_in_order(two_threads) -> None:
     data = TinyTestSet()
     threads = torch.get_num_threads()
+    assert threads == 2
     # Predict the GT itself at half resolution: the loop must upsample, normalise and score it.
     result = evaluate(
         lambda b: b["gt"][:, ::2, ::2] + 0.5 * b["label"][:, None, None], data, batch_size=4, progress=False

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.heads import AffordanceAdapter, AttentionPool2d, class_logits, conv_bn_relu
+from models.heads import AffordanceAdapter, AttentionPool2d, GlobalAveragePool, conv_bn_relu
 
 
 def test_adapter_is_residual_prenorm_mlp_with_locate_names():
@@ -21,6 +21,17 @@ def test_adapter_is_residual_prenorm_mlp_with_locate_names():
     torch.nn.init.zeros_(ad.fc2.weight)
     torch.nn.init.zeros_(ad.fc2.bias)
     torch.testing.assert_close(ad(x), x)
+
+
+def test_adapter_without_residual_is_the_plain_mlp():
+    torch.manual_seed(0)
+    ad = AffordanceAdapter(8, residual=False)
+    x = torch.randn(3, 5, 8)
+    expected = ad.fc2(F.gelu(ad.fc1(F.layer_norm(x, (8,), ad.norm.weight, ad.norm.bias))))
+    torch.testing.assert_close(ad(x), expected)
+    torch.nn.init.zeros_(ad.fc2.weight)
+    torch.nn.init.zeros_(ad.fc2.bias)
+    torch.testing.assert_close(ad(x), torch.zeros_like(x))  # nothing carries the input through
 
 
 def test_adapter_on_grid_equals_adapter_on_tokens():
@@ -59,30 +70,22 @@ def test_conv_bn_relu_kernel_one_scores_each_patch_by_its_own_descriptor():
         conv_bn_relu(8, (3, 2))
 
 
-def test_class_logits_is_global_average():
+def test_global_average_pool_is_the_mean_of_each_map():
     cam = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, -4.0]]]])  # (1, 2, 2, 2)
-    torch.testing.assert_close(class_logits(cam), torch.tensor([[3.0, -1.0]]))
+    torch.testing.assert_close(GlobalAveragePool()(cam), torch.tensor([[3.0, -1.0]]))
+    # any leading axes: (b, n, C, h, w) exocentric maps give (b, n, C)
+    torch.testing.assert_close(
+        GlobalAveragePool()(cam.expand(3, 4, 2, 2, 2)), torch.tensor([3.0, -1.0]).expand(3, 4, 2)
+    )
 
 
-def test_class_logits_topk_ignores_the_area_of_the_map():
-    cam = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, -4.0]]]])  # (1, 2, 2, 2)
-    torch.testing.assert_close(class_logits(cam, "topk", top=0.5), torch.tensor([[4.5, 0.0]]))
-    torch.testing.assert_close(class_logits(cam, "topk", top=0.1), torch.tensor([[6.0, 0.0]]))  # at least one
-    # the same peak on a larger background: GAP changes with the background's area, top-k does not
-    small, large = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 8, 8)
-    small[..., 0, 0] = large[..., 0, 0] = 5.0
-    assert class_logits(small) != class_logits(large)
-    torch.testing.assert_close(class_logits(small, "topk", 1 / 16), class_logits(large, "topk", 1 / 64))
-    with pytest.raises(ValueError, match="pooling must be one of"):
-        class_logits(cam, "max")
-    with pytest.raises(ValueError, match="top must be a fraction"):
-        class_logits(cam, "topk", top=1.5)
-
-
-def _clip_reference(pool: AttentionPool2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _clip_reference(
+    pool: AttentionPool2d, x: torch.Tensor, pos: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CLIP's AttentionPool2d forward with torch's multi_head_attention_forward (weights averaged over heads)."""
+    pos = pool.positional_embedding if pos is None else pos  # (1 + hw, D)
     seq = x.flatten(2).permute(2, 0, 1)  # (hw, B, D)
-    seq = torch.cat([seq.mean(dim=0, keepdim=True), seq], dim=0) + pool.positional_embedding[:, None]
+    seq = torch.cat([seq.mean(dim=0, keepdim=True), seq], dim=0) + pos[:, None]
     out, attn = F.multi_head_attention_forward(
         query=seq,
         key=seq,
@@ -122,11 +125,21 @@ def test_attention_pool_matches_clip_reference():
 def test_attention_pool_interpolates_position_embedding_and_has_gradients():
     torch.manual_seed(0)
     pool = AttentionPool2d(16, num_heads=2, grid_size=(3, 3), out_dim=8)
-    out = pool(torch.randn(2, 16, 4, 5))
+    x = torch.randn(2, 16, 4, 5)
+    out = pool(x)
     assert out.pooled.shape == (2, 8) and out.tokens.shape == (2, 8, 4, 5) and out.attn.shape == (2, 4, 5)
+    # Another grid: CLIP's computation with the stored 3x3 embedding resampled to 4x5 (timm's bicubic, antialiased),
+    # the mean token's entry kept as it is.
+    pe = pool.positional_embedding
+    grid = F.interpolate(pe[1:].T.reshape(1, 16, 3, 3), size=(4, 5), mode="bicubic", antialias=True)
+    resampled = torch.cat([pe[:1], grid.reshape(16, 20).T])
+    ref_pooled, ref_tokens, ref_attn = _clip_reference(pool, x, resampled)
+    torch.testing.assert_close(out.pooled, ref_pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.tokens.flatten(2).transpose(1, 2), ref_tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.attn.flatten(1), ref_attn, atol=1e-6, rtol=1e-5)
     # The mean query's row sums to one over (mean token + patches); without the mean token it is below one.
     assert bool(((out.attn.sum(dim=(-2, -1)) < 1) & (out.attn.sum(dim=(-2, -1)) > 0)).all())
-    out.pooled.sum().backward()
-    assert all(p.grad is not None for p in pool.parameters())
+    (out.pooled.sum() + out.tokens.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pool.parameters())
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         AttentionPool2d(10, num_heads=3)

@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 from datasets import loader
 from datasets.agd20k import AGD20KTrain
 from datasets.loader import available_cpus, clamp_num_workers, default_num_workers, measure_loader_rate
-from datasets.synthetic import generate_world
 
 
 def _cpus(monkeypatch, n: int) -> None:
@@ -50,10 +49,8 @@ def test_clamp_num_workers_warns_once(monkeypatch, caplog):
         clamp_num_workers(-1)
 
 
-def test_measure_loader_rate_on_a_tiny_world(tmp_path):
-    world = generate_world(tmp_path / "w", image_size=32, exo_per_folder=2, ego_per_folder=1, test_per_folder=1,
-                           progress=False)  # fmt: skip
-    ds = AGD20KTrain(world, "Seen", num_exo=2, image_size=24, resize_size=28)
+def test_measure_loader_rate_on_a_tiny_world(tiny_world):
+    ds = AGD20KTrain(tiny_world, "Seen", num_exo=2, image_size=24, resize_size=28)
     ds.set_epoch(0)
     rate = measure_loader_rate(DataLoader(ds, batch_size=4, num_workers=0), max_batches=3, warmup=1)
     assert rate["batches"] == 2 and rate["samples"] == 8 and rate["images"] == 8 * 3  # 2 exo + 1 ego per sample

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_VIT, tiny_config
 from einops import rearrange
 from torch import nn
 
 from models.backbone import ViTBackbone
+from models.build import build_model
 from models.grounder import Grounder
 from models.heads import AffordanceAdapter, conv_bn_relu
 from models.locate_compat import convert_locate_state_dict, interleaved_to_head_major, load_locate_checkpoint
 
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 NAMES = ["cut", "hold", "pour", "swing"]
 
 
@@ -54,7 +55,7 @@ def locate_checkpoint() -> tuple[dict[str, torch.Tensor], LocateHeads]:
         heads.aff_proj.norm.weight.uniform_(0.5, 1.5)
         heads.aff_proj.norm.bias.uniform_(-0.5, 0.5)
     heads.eval()
-    vit = ViTBackbone("vit_small_patch16_224", **TINY).vit  # another random ViT than the model's
+    vit = ViTBackbone("vit_small_patch16_224", **TINY_VIT).vit  # another random ViT than the model's
     state = {f"module.{k}": v for k, v in heads.state_dict().items()}  # saved from DataParallel
     state.update({f"module.vit_model.{k}": v for k, v in vit.state_dict().items()})
     return state, heads
@@ -62,8 +63,7 @@ def locate_checkpoint() -> tuple[dict[str, torch.Tensor], LocateHeads]:
 
 def make_model(descriptor: str = "key", classes: list[str] = NAMES) -> Grounder:
     torch.manual_seed(0)
-    backbone = ViTBackbone("vit_small_patch16_224", descriptor=descriptor, **TINY)
-    return Grounder(classes, backbone, cls_heads=[0, 1], kmeans_iters=5)
+    return build_model(tiny_config({"model": {"backbone": {"descriptor": descriptor}, "kmeans_iters": 5}}), classes)
 
 
 @pytest.mark.parametrize("from_file", [False, True])
@@ -82,23 +82,23 @@ def test_converted_checkpoint_reproduces_locate_outputs(tmp_path, from_file):
 
     torch.manual_seed(3)
     images = torch.randn(2, 3, 32, 32)
-    keys = model.backbone(images)["descriptors"]  # (2, 32, 4, 4) head-major
+    keys = model.backbone(images).descriptors  # (2, 32, 4, 4) head-major
     interleaved = rearrange(keys, "b (nh dh) h w -> b (dh nh) h w", nh=2)  # LOCATE's d * heads + head
     assert not torch.allclose(interleaved, keys)  # the layouts really differ
     with torch.no_grad():
         ref_ego = ref.ego(interleaved)
         ref_exo = ref.exo(interleaved)
     pred = model.predict(images, torch.tensor([1, 3]))
-    torch.testing.assert_close(pred["ego_pred"], ref_ego, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pred.ego_pred, ref_ego, atol=1e-5, rtol=1e-4)
     out = model({"exo": images.unsqueeze(1), "ego": images, "label": torch.tensor([1, 3])})
-    torch.testing.assert_close(out["aff_cam"], ref_exo, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.aff_cam, ref_exo, atol=1e-5, rtol=1e-4)
     # Without the conversion the outputs would differ: the permutation matters.
     naive = make_model()
     naive.load_state_dict(
         {k.replace("module.vit_model.", "backbone.vit.").replace("module.", ""): v for k, v in state.items()}
     )
     naive_pred = naive.eval().predict(images, torch.tensor([1, 3]))
-    assert not torch.allclose(naive_pred["ego_pred"], ref_ego, atol=1e-3)
+    assert not torch.allclose(naive_pred.ego_pred, ref_ego, atol=1e-3)
 
 
 def test_checkpoint_without_backbone_weights_loads_into_frozen_model():

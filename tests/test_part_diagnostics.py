@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_config_file
 from torch import nn
 
+from models.outputs import PartSelection
 from utils.tools import part_diagnostics as pd
-
-CONFIG = """\
-data:
-  root: {root}
-  splits: [Seen]
-  image_size: 32
-  resize_size: 32
-  eval_size: 32
-  num_workers: 0
-  synthetic: {{enabled: true, image_size: 32, exo_per_folder: 2, ego_per_folder: 1, test_per_folder: 1}}
-model:
-  backbone: {{name: vit_small_patch16_224, kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}}}
-  cls_heads: [0, 1]
-  center_descriptors: true
-device: cpu
-"""
-
-
-class _Backbone(nn.Module):
-    def __init__(self, desc: torch.Tensor) -> None:
-        super().__init__()
-        self.desc = desc
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"descriptors": self.desc}
 
 
 class _SelectionModel(nn.Module):
@@ -42,27 +20,30 @@ class _SelectionModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.num_parts = 3
         self.class_names = ["a", "b"]
         self.w = nn.Parameter(torch.zeros(()))
         e = torch.eye(4)
         desc = torch.zeros(2, 4, 2, 2)
         desc[0, :, 0, 0], desc[0, :, 0, 1], desc[0, :, 1, 0], desc[0, :, 1, 1] = e[0], e[1], e[1], e[1]
         desc[1, :, 0, 0], desc[1, :, 0, 1], desc[1, :, 1, 0], desc[1, :, 1, 1] = e[2], e[2], e[3], e[3]
-        # The backbone's descriptors carry a common offset that _proto_space removes (the centred space): the true
-        # prototypes below are only right if the diagnostic pools the centred descriptors.
-        self.offset = torch.full((1, 4, 1, 1), 3.0)
-        self.backbone = _Backbone(desc + self.offset)
+        self.desc = desc  # the descriptors in the prototype space (``ego_proto_desc``)
         # Sample 0: cluster 0 is the true part (e0) and is chosen. Sample 1: the true part is e3, cluster 2 is it,
         # but cluster 1 (e2, cosine 0) is chosen.
         self.centroids = torch.stack([torch.stack([e[0], e[1], -e[0]]), torch.stack([-e[3], e[2], 2 * e[3]])])
         self.best = torch.tensor([0, 1])
+        self.modes: list[bool] = []
 
-    def _proto_space(self, exo: torch.Tensor, ego: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return exo - self.offset, ego - self.offset
-
-    def forward(self, batch: dict, epoch: int = 0) -> dict:
-        return {"part_centroids": self.centroids, "part_best": self.best, "has_prototype": torch.tensor([True, False])}
+    def forward(self, batch: dict) -> SimpleNamespace:
+        self.modes.append(self.training)
+        parts = PartSelection(
+            prototypes=torch.zeros(2, 4),
+            has_prototype=torch.tensor([True, False]),
+            part_scores=torch.zeros(2, 3),
+            part_sim=torch.zeros(2, 3, 2, 2),
+            best=self.best,
+            centroids=self.centroids,
+        )
+        return SimpleNamespace(ego_proto_desc=self.desc, parts=parts)
 
 
 def test_prototype_selection_scores_the_chosen_cluster_against_the_true_part() -> None:
@@ -71,7 +52,9 @@ def test_prototype_selection_scores_the_chosen_cluster_against_the_true_part() -
     mask[0, :2, :2] = 1  # top-left patch of the 2x2 grid
     mask[1, 2:, :] = 1  # bottom row
     batch = {"ego": torch.zeros(2, 3, 4, 4), "ego_part_mask": mask, "label": torch.tensor([0, 1])}
+    model.train()
     stats = pd.prototype_selection(model, [batch, batch], max_batches=1)
+    assert model.modes == [False] and model.training  # run once, in eval mode; the mode is restored
     a, b = stats["per_affordance"]["a"], stats["per_affordance"]["b"]
     assert a["count"] == 1 and b["count"] == 1  # one batch only
     assert a["chosen_is_nearest"] == 1.0 and a["chosen_cos"] == pytest.approx(1.0) and a["best_cos"] == 1.0
@@ -90,9 +73,9 @@ class _MapModel(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
         self.maps, self.saliency, self.ego_pred = maps, saliency, ego_pred
 
-    def predict(self, images: torch.Tensor, labels: torch.Tensor, output_size: tuple[int, int]) -> dict:
+    def predict(self, images: torch.Tensor, labels: torch.Tensor, output_size: tuple[int, int]) -> SimpleNamespace:
         b = images.shape[0]
-        return {"maps": self.maps[:b], "saliency": self.saliency[:b], "ego_pred": self.ego_pred[:b]}
+        return SimpleNamespace(maps=self.maps[:b], saliency=self.saliency[:b], ego_pred=self.ego_pred[:b])
 
 
 def test_object_auc_counts_ties_half_and_skips_degenerate_masks() -> None:
@@ -135,32 +118,38 @@ def test_map_placement_splits_the_mass_into_part_rest_and_background() -> None:
     assert x["objectness_auc"] == pytest.approx(1.0) and y["objectness_auc"] == pytest.approx(1.0)
 
 
+def test_prototype_selection_leaves_the_models_state_alone(make_grounder, make_batch) -> None:
+    # BatchNorm statistics, the running mean descriptor and the class-contrast bank stay as the checkpoint holds them
+    model = make_grounder({"model": {"extensions": {"center_descriptors": True, "class_contrast": True}}}).train()
+    model(make_batch(b=4))  # a training step: the bank and the mean now hold something
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = {**make_batch(b=4, seed=3), "ego_part_mask": torch.ones(4, 32, 32)}
+    stats = pd.prototype_selection(model, [batch], max_batches=1)
+    assert model.training and stats["num_parts"] == 3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny grounder with the stateful offline extensions on the session's world, its running mean non-zero."""
     from datasets.agd20k import load_class_names
-    from datasets.synthetic import ensure_world
     from models.build import build_model
     from utils.config import load_config
     from utils.engine.checkpoint import save_checkpoint
 
     base = tmp_path_factory.mktemp("diag")
-    cfg_path = base / "tiny.yaml"
-    cfg_path.write_text(CONFIG.format(root=base / "world"))
-    cfg = load_config(cfg_path, [])
-    s = cfg.data.synthetic
-    ensure_world(
-        cfg.data.root, s.seed, s.image_size, s.exo_per_folder, s.ego_per_folder, s.test_per_folder, progress=False
-    )
+    extensions = {"center_descriptors": True, "class_contrast": True}
+    cfg = load_config(tiny_config_file(base / "tiny.yaml", tiny_world, overrides={"model": {"extensions": extensions}}))
     torch.manual_seed(0)
     names = load_class_names(cfg.data.root, "Seen")
     model = build_model(cfg, names)
-    model.desc_mean.normal_()  # a non-zero running mean, as after training
+    model.proto_space.desc_mean.normal_()  # a non-zero running mean, as after training
     return save_checkpoint(
         base / "run" / "Seen" / "last.pth", model=model, cfg=cfg, class_names=names, epoch=1, step=2, split="Seen"
     )
 
 
-def test_command_writes_both_tables(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_writes_both_tables(checkpoint: Path, tiny_world: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert pd.main(["--checkpoint", str(checkpoint), "--batches", "2", "--batch-size", "4", "--no-progress"]) == 0
     report = json.loads((checkpoint.parent / "part_diagnostics.json").read_text())
     assert report["split"] == "Seen"
@@ -172,7 +161,7 @@ def test_command_writes_both_tables(checkpoint: Path, capsys: pytest.CaptureFixt
     for d in place["per_affordance"].values():
         assert d["part"] + d["object_rest"] + d["background"] == pytest.approx(1.0, abs=1e-4)
         assert 0 <= d["saliency_auc"] <= 1 and 0 <= d["objectness_auc"] <= 1
-    gt_dir = checkpoint.parents[2] / "world" / "Seen" / "testset" / "GT"
+    gt_dir = tiny_world / "Seen" / "testset" / "GT"
     assert place["overall"]["count"] == len(list(gt_dir.rglob("*.png")))
     printed = capsys.readouterr().out
     assert "Prototype selection" in printed and "Where the label map's mass lies" in printed

@@ -1,4 +1,4 @@
-"""Fault cases (issue 9): every failure says what was expected, what was found and what to do, or is a counted,
+"""Fault cases: every failure says what was expected, what was found and what to do, or is a counted,
 logged skip, and nothing is lost. Cases already covered elsewhere (wrong root, unknown class folders, missing GT,
 unreadable training images in the dataset, truncated/foreign checkpoints, backbone files with wrong keys, NaN
 losses, interrupted writes by exception) are not repeated here; this file covers what crosses module boundaries:
@@ -23,65 +23,32 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import WORLD, tiny_run_args
 
 import train
 from datasets.agd20k import AGD20KTrain
-from datasets.synthetic import ensure_world
-from models.build import build_model
-from utils.config import ConfigError, load_config
-from utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.config import ConfigError
+from utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from utils.evaluation.metrics import compute_metrics, prepare_prediction
 
 REPO = Path(__file__).resolve().parents[1]
-WORLD = {"seed": 0, "image_size": 40, "exo_per_folder": 2, "ego_per_folder": 1, "test_per_folder": 1}
-TINY_VIT = "model.backbone.kwargs={img_size: 32, patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
 
 
 def tiny(world: Path, out: Path, *extra: str) -> list[str]:
-    """Overrides for a run of a 2-block, 32-wide ViT on 32x32 inputs, one step per epoch, evaluated at the end."""
-    return [
-        f"data.root={world}",
-        "data.synthetic.enabled=true",
-        *(f"data.synthetic.{k}={v}" for k, v in WORLD.items()),
-        "data.splits=[Seen]",
-        "data.image_size=32",
-        "data.resize_size=36",
-        "data.eval_size=32",
-        "data.num_exo=2",
-        "data.num_workers=0",
-        TINY_VIT,
-        "model.cls_heads=[0,1]",
-        "model.kmeans_iters=5",
-        "train.batch_size=2",
-        "train.max_steps_per_epoch=1",
-        "train.epochs=1",
-        "train.amp=off",
-        "eval.every=0",
-        "eval.batch_size=32",
-        "eval.baselines=[]",
-        "eval.viz=0",
-        "viz.every=0",
-        "output.tensorboard=false",
-        "device=cpu",
-        f"output.dir={out}",
-        *extra,
-    ]
+    """The session's tiny run (conftest), one step per epoch and evaluated only at the end."""
+    return tiny_run_args(world, out, "train.max_steps_per_epoch=1", "eval.every=0", *extra)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny synthetic world (Seen and Unseen) shared by the module; copy it before changing it."""
-    return ensure_world(tmp_path_factory.mktemp("world") / "w", progress=False, **WORLD)
+def world(tiny_world: Path) -> Path:
+    """The session's tiny synthetic world (Seen and Unseen); copy it before changing it."""
+    return tiny_world
 
 
 @pytest.fixture(scope="module")
-def checkpoint(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(fresh_checkpoint: Path) -> Path:
     """A freshly initialised tiny model saved as a checkpoint (inference needs no training)."""
-    cfg = load_config(None, tiny(world, tmp_path_factory.mktemp("unused")))
-    names = json.loads((world / "classes.json").read_text())["Seen"]
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "last.pth"
-    return save_checkpoint(path, model=build_model(cfg, names), cfg=cfg, class_names=names, epoch=0, step=0)
+    return fresh_checkpoint
 
 
 def _copy(world: Path, dst: Path) -> Path:
@@ -257,7 +224,6 @@ for image in sys.argv[1:]:
 """
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
 def test_huge_image_is_shrunk_while_decoding(script, checkpoint: Path, tmp_path: Path) -> None:
     h, w = 6000, 8000
@@ -311,7 +277,6 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_sigkill_at_any_moment_leaves_a_resumable_last_pth(world: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

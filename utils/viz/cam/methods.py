@@ -303,6 +303,13 @@ def explain(
             try:
                 result = cam_obj(input_tensor=x, targets=_targets_for(targets, images.shape[0]))
             except (TypeError, IndexError, AttributeError) as e:
+                if len(cam_obj.activations_and_grads.activations) < len(layers):
+                    raise RuntimeError(
+                        f"explain: a target layer of {list(target_layers)} never ran in the forward pass, so there "
+                        "is nothing to explain there (the grounder's backbone stops inside its last block when the "
+                        "descriptors are the keys: only that block's norm1 and attn.qkv run); pick a layer that runs, "
+                        "e.g. blocks.-1.norm1 or an earlier block"
+                    ) from e
                 if method in _GRADIENT_METHODS and not cam_obj.activations_and_grads.gradients:
                     raise RuntimeError(
                         f"explain: no gradient reached the target layers {list(target_layers)} (they run under "
