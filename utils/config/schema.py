@@ -236,15 +236,29 @@ class LossConfig:
 class TrainConfig:
     epochs: int = _f(15, "Training epochs (the published schedule: 15).")
     batch_size: int = _f(16, "Samples per step, each 1 egocentric + num_exo exocentric images.")
-    lr: float = _f(1e-3, "Base learning rate (weights x1, biases x2, adapter and aff_fc x10, their biases x20).")
+    lr: float = _f(1e-3, "Base learning rate (weights x1, biases x2, the 'fc' layers x10, their biases x20).")
     head_lr_mult: float = _f(
-        10.0, "Learning-rate multiplier of the adapter (aff_proj) and aff_fc (published: 10; 1 suits AdamW)."
+        10.0,
+        "Learning-rate multiplier of the parameters whose name contains 'fc': the adapter's fc1/fc2 and aff_fc, not "
+        "the adapter's LayerNorm (published: 10; 1 suits AdamW).",
     )
     bias_lr_mult: float = _f(2.0, "Learning-rate multiplier of biases (published: 2; their heads get both).")
     momentum: float = _f(0.9, "SGD momentum (Nesterov).")
     nesterov: bool = _f(True, "Use Nesterov momentum.")
     weight_decay: float = _f(5e-4, "Weight decay.")
     optimizer: str = _f("sgd", "Optimiser: 'sgd' (published recipe) or 'adamw'.", ("sgd", "adamw"))
+    param_groups: str = _f(
+        "ours",
+        "Trainable parameters that are neither weights nor biases (prompt tokens, a logit scale, a positional "
+        "embedding): 'ours' trains them with the weights; 'published' leaves them out of the optimiser, as LOCATE's "
+        "and BiT-Align's get_optimizer do (they never change). Same groups for LOCATE's model.",
+        ("ours", "published"),
+    )
+    drop_last: bool = _f(
+        True,
+        "Drop the last incomplete training batch of an epoch (BatchNorm and the per-batch k-means want full "
+        "batches); the published code trains on it (false).",
+    )
     lr_step: int = _f(5, "StepLR: multiply the learning rate by lr_gamma every lr_step epochs (0: constant rate).")
     lr_gamma: float = _f(0.1, "StepLR decay factor.")
     amp: str = _f(

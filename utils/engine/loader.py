@@ -55,7 +55,8 @@ class SeededShuffleSampler(Sampler[int]):
 
 
 def build_train_loader(dataset: Dataset, cfg: Config, dist: DistInfo, device: torch.device) -> DataLoader:
-    """The training loader: seeded shuffling (distributed or not), full batches only, seeded workers.
+    """The training loader: seeded shuffling (distributed or not), full batches only unless ``train.drop_last`` is
+    off, seeded workers.
 
     Workers are not persistent: each epoch's workers receive the dataset after its ``set_epoch``, which is what
     makes the pairing depend on (seed, epoch, index) only.
@@ -81,7 +82,7 @@ def build_train_loader(dataset: Dataset, cfg: Config, dist: DistInfo, device: to
         batch_size=bs,
         sampler=sampler,
         num_workers=resolve_num_workers(cfg.data.num_workers),
-        drop_last=True,  # BatchNorm and the per-batch k-means want full batches
+        drop_last=cfg.train.drop_last,  # BatchNorm and the per-batch k-means want full batches
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed),
