@@ -196,6 +196,15 @@ class ModelConfig:
     aff_cam_thd: float = _f(0.6, "Exocentric CAM threshold (after min-max) selecting the patches that are clustered.")
     part_iou_thd: float = _f(0.6, "Minimum PartIoU score for a cluster to become the sample's part prototype.")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
+    kmeans: str = _f(
+        "kmeanspp",
+        "k-means of the part prototypes: 'kmeanspp' (seeded k-means++ start, stops when the assignment is stable, an "
+        "empty cluster keeps its centroid) or 'locate' (LOCATE's fast-pytorch-kmeans: random data points of the "
+        "global torch RNG as the start, stops when the summed squared centroid shift is <= 1e-4, an empty cluster "
+        "becomes a zero centroid, and a part with an empty mask wins as its published NaN score does, so such a "
+        "sample gets no prototype). The reference configs use 'locate' (docs/deviations.md).",
+        ("kmeanspp", "locate"),
+    )
     proj_kernels: list[int] = _f(
         [3, 3],
         "Kernel size of each convolution in aff_exo_proj and aff_ego_proj (LOCATE: [3, 3]); [1, 1] scores each patch "
