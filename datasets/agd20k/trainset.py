@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.agd20k.layout import LAYOUT, SUBSETS, _check_layout, _class_names_for, _empty_folders, _tree
-from datasets.images import read_image, read_mask, train_transform, train_transform_with_mask
+from datasets.images import RESIZE_BACKENDS, read_image, read_mask, train_transform, train_transform_with_mask
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class AGD20KTrain(Dataset):
             full-size photos, a small resampling difference (``datasets.images.decode_image``). Smaller images
             decode exactly as without it. Off: every image is decoded at full size. The egocentric image is always
             decoded at full size with ``with_part_masks`` (its mask has the full size).
+        resize: the resize backend, ``opencv`` or ``pil`` (the published code's PIL bilinear; see
+            ``datasets.images``).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class AGD20KTrain(Dataset):
         class_names: Sequence[str] | None = None,
         with_part_masks: bool = False,
         reduced_decode: bool = True,
+        resize: str = "opencv",
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -74,6 +77,9 @@ class AGD20KTrain(Dataset):
         self.seed = seed
         self.with_part_masks = with_part_masks
         self.reduced_decode = reduced_decode
+        if resize not in RESIZE_BACKENDS:
+            raise ValueError(f"resize={resize!r} is not one of {', '.join(RESIZE_BACKENDS)}")
+        self.resize = resize
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -171,7 +177,7 @@ class AGD20KTrain(Dataset):
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode`` is ``cfg.data.reduced_decode``.
+        ``reduced_decode`` is ``cfg.data.reduced_decode`` and ``resize`` is ``cfg.data.resize``.
         """
         return cls(
             cfg.data.root,
@@ -183,6 +189,7 @@ class AGD20KTrain(Dataset):
             class_names=class_names,
             with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
             reduced_decode=cfg.data.reduced_decode,
+            resize=cfg.data.resize,
         )
 
     def __len__(self) -> int:
@@ -238,7 +245,7 @@ class AGD20KTrain(Dataset):
         exo_imgs, exo_paths = [], []
         for slot, path in enumerate([files[j], *partners]):
             img, used = self._read(path, exo_pools, index, slot)
-            exo_imgs.append(train_transform(img, self.resize_size, self.image_size, rng))
+            exo_imgs.append(train_transform(img, self.resize_size, self.image_size, rng, self.resize))
             exo_paths.append(used)
         ego_pool = self._ego_pool[folder]
         ego_choice = ego_pool[int(rng.integers(0, len(ego_pool)))]
@@ -247,10 +254,10 @@ class AGD20KTrain(Dataset):
         if self.with_part_masks:
             mask = read_mask(self._part_mask_path(ego_path), None)  # (H, W) in {0, 1}
             ego, extra["ego_part_mask"] = train_transform_with_mask(
-                ego_img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, rng
+                ego_img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, rng, self.resize
             )
         else:
-            ego = train_transform(ego_img, self.resize_size, self.image_size, rng)  # (3, S, S)
+            ego = train_transform(ego_img, self.resize_size, self.image_size, rng, self.resize)  # (3, S, S)
         return {
             "exo": torch.stack(exo_imgs),  # (n, 3, S, S)
             "ego": ego,

@@ -97,7 +97,14 @@ class DataConfig:
         "Decode a JPEG at 1/2, 1/4 or 1/8 size (in the DCT domain, like a good downscale) when it stays at least as "
         "large as the transform needs; off decodes every pixel, as the published code does.",
     )
-    gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy); empty disables the cache.")
+    resize: str = _f(
+        "opencv",
+        "Resize of the input images: 'opencv' (area averaging when shrinking, bilinear when growing) or 'pil' (PIL's "
+        "antialiased bilinear, what torchvision's Resize does to the published code's PIL images; slower). Both keep "
+        "the geometry: shorter side to resize_size in training, image_size x image_size at test.",
+        ("opencv", "pil"),
+    )
+    gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy, float64); empty disables the cache.")
     synthetic: SyntheticConfig = _section(SyntheticConfig, "The offline synthetic world (datasets/synthetic.py).")
 
 
