@@ -270,6 +270,11 @@ class TrainConfig:
         "and BiT-Align's get_optimizer do (they never change). Same groups for LOCATE's model.",
         ("ours", "published"),
     )
+    cudnn_deterministic: bool = _f(
+        False,
+        "Use deterministic cuDNN convolution algorithms (as LOCATE's set_seed does); slower, and it only changes "
+        "GPU rounding from run to run.",
+    )
     drop_last: bool = _f(
         True,
         "Drop the last incomplete training batch of an epoch (BatchNorm and the per-batch k-means want full "
