@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import transforms
 
 import train
-from datasets.agd20k import AGD20KTest
+from datasets.agd20k import AGD20KTest, AGD20KTrain
 from datasets.images import (
     center_resize,
     normalize,
@@ -296,11 +296,38 @@ def test_pil_backend_reaches_the_test_images(one_image_root: Path):
         AGD20KTest(one_image_root, "Seen", class_names=["hold"], resize="bicubic")
 
 
+def _partner_sets(root: Path, rule: str) -> list[list[str]]:
+    ds = AGD20KTrain(root, "Seen", num_exo=3, image_size=16, resize_size=20, class_names=["hold"], exo_partners=rule)
+    out = []
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        out += [ds[i]["exo_paths"] for i in range(len(ds))]
+    return out
+
+
+@pytest.mark.parametrize("folder_size", [3, 4])
+def test_published_partners_repeat_only_in_folders_of_num_exo_images(tmp_path: Path, folder_size: int):
+    exo = tmp_path / "Seen" / "trainset" / "exocentric" / "hold" / "cup"
+    ego = tmp_path / "Seen" / "trainset" / "egocentric" / "hold" / "cup"
+    exo.mkdir(parents=True)
+    ego.mkdir(parents=True)
+    for i in range(folder_size):
+        cv2.imwrite(str(exo / f"{i}.jpg"), _photo(24, 24, seed=i).astype(np.uint8))
+    cv2.imwrite(str(ego / "e.jpg"), _photo(24, 24, seed=9).astype(np.uint8))
+    assert all(len(set(paths)) == 3 for paths in _partner_sets(tmp_path, "distinct"))
+    published = _partner_sets(tmp_path, "published")
+    # LOCATE's loader: more than 3 images -> distinct partners; exactly 3 -> random.choice of the whole folder,
+    # with repeats and the anchor possible (all three distinct in only 2 of 9 draws)
+    repeats = sum(len(set(paths)) < 3 for paths in published)
+    assert repeats == 0 if folder_size == 4 else repeats > len(published) // 2
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def test_reference_config_is_locate():
     cfg = load_config(REFERENCE)
     assert (cfg.model.kmeans, cfg.train.amp, cfg.data.resize) == ("locate", "off", "pil")
     assert (cfg.data.reduced_decode, cfg.train.drop_last, cfg.train.param_groups) == (False, False, "published")
+    assert cfg.data.exo_partners == "published"
     assert (cfg.eval.batch_size, cfg.eval.every, cfg.train.cudnn_deterministic) == (1, 1, True)
     assert (cfg.model.cls_heads, cfg.model.num_parts, cfg.model.kmeans_iters) == ([0, 1, 3], 3, 300)
     assert (cfg.model.aff_cam_thd, cfg.model.part_iou_thd, cfg.loss.proto_margin) == (0.6, 0.6, 0.5)

@@ -17,6 +17,9 @@ from datasets.images import RESIZE_BACKENDS, read_image, read_mask, train_transf
 
 logger = logging.getLogger(__name__)
 
+EXO_PARTNER_RULES: tuple[str, ...] = ("distinct", "published")
+"""Values of ``data.exo_partners``."""
+
 
 class AGD20KTrain(Dataset):
     """Training samples: ``num_exo`` exocentric images of one <affordance>/<object> folder + one egocentric image.
@@ -50,6 +53,9 @@ class AGD20KTrain(Dataset):
             decoded at full size with ``with_part_masks`` (its mask has the full size).
         resize: the resize backend, ``opencv`` or ``pil`` (the published code's PIL bilinear; see
             ``datasets.images``).
+        exo_partners: ``distinct`` (the partners are other images than the anchor, all different, whenever the
+            folder has ``num_exo`` images) or ``published`` (LOCATE's loader: distinct only when the folder has more
+            than ``num_exo`` images). A smaller folder repeats images, the anchor included, in both.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class AGD20KTrain(Dataset):
         with_part_masks: bool = False,
         reduced_decode: bool = True,
         resize: str = "opencv",
+        exo_partners: str = "distinct",
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -80,6 +87,9 @@ class AGD20KTrain(Dataset):
         if resize not in RESIZE_BACKENDS:
             raise ValueError(f"resize={resize!r} is not one of {', '.join(RESIZE_BACKENDS)}")
         self.resize = resize
+        if exo_partners not in EXO_PARTNER_RULES:
+            raise ValueError(f"exo_partners={exo_partners!r} is not one of {', '.join(EXO_PARTNER_RULES)}")
+        self.exo_partners = exo_partners
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -177,7 +187,7 @@ class AGD20KTrain(Dataset):
         """The training set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``).
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode`` is ``cfg.data.reduced_decode`` and ``resize`` is ``cfg.data.resize``.
+        ``reduced_decode``, ``resize`` and ``exo_partners`` are those of ``cfg.data``.
         """
         return cls(
             cfg.data.root,
@@ -190,6 +200,7 @@ class AGD20KTrain(Dataset):
             with_part_masks=cfg.model.extensions.oracle_prototypes if with_part_masks is None else with_part_masks,
             reduced_decode=cfg.data.reduced_decode,
             resize=cfg.data.resize,
+            exo_partners=cfg.data.exo_partners,
         )
 
     def __len__(self) -> int:
@@ -237,7 +248,9 @@ class AGD20KTrain(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         others = [f for k, f in enumerate(files) if k != j]
         need = self.num_exo - 1
-        if len(others) >= need:
+        # LOCATE's loader draws distinct partners only from folders of more than num_exo images
+        distinct = len(files) > self.num_exo if self.exo_partners == "published" else len(others) >= need
+        if distinct:
             partners = [others[k] for k in rng.choice(len(others), size=need, replace=False)]
         else:  # small folder: repeat images (the anchor included) rather than fail
             partners = [files[k] for k in rng.integers(0, len(files), size=need)]

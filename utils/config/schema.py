@@ -104,6 +104,13 @@ class DataConfig:
         "the geometry: shorter side to resize_size in training, image_size x image_size at test.",
         ("opencv", "pil"),
     )
+    exo_partners: str = _f(
+        "distinct",
+        "How the num_exo - 1 partner exocentric images come from the anchor's folder: 'distinct' (other images, all "
+        "different, whenever the folder holds num_exo images) or 'published' (LOCATE's loader: distinct only when it "
+        "holds more than num_exo; a folder of exactly num_exo then repeats images, the anchor included).",
+        ("distinct", "published"),
+    )
     gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy, float64); empty disables the cache.")
     synthetic: SyntheticConfig = _section(SyntheticConfig, "The offline synthetic world (datasets/synthetic.py).")
 
