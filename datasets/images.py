@@ -1,8 +1,13 @@
-"""Robust image IO and the train/test transforms, all with OpenCV and numpy.
+"""Robust image IO and the train/test transforms, with OpenCV and numpy (PIL for the published resize).
 
 Images enter the repository here and nowhere else: ``read_image`` always returns uint8 RGB (H, W, 3), whatever
 the file holds (grayscale, RGBA, 16-bit), so the BGR->RGB swap happens exactly once. The transforms take a numpy
 ``Generator`` so that the caller (the dataset) decides the randomness and can make it reproducible.
+
+Two resize backends (``data.resize``) share one geometry: ``opencv`` (area averaging when shrinking, bilinear when
+growing) and ``pil``, PIL's antialiased bilinear filter, which is what torchvision's ``Resize`` applies to the PIL
+images of LOCATE's and BiT-Align's data pipelines. The decoding is OpenCV's in both: on the JPEGs we tried it gave
+the same pixels as PIL's ``Image.open(...).convert('RGB')`` (both use libjpeg-turbo).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "RESIZE_BACKENDS",
     "center_resize",
     "decode_image",
     "denormalize",
@@ -42,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: Values of ``data.resize``.
+RESIZE_BACKENDS: tuple[str, ...] = ("opencv", "pil")
 
 #: File name endings treated as images; everything else (.DS_Store, .txt, Thumbs.db) is ignored by the loaders.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -249,16 +258,19 @@ def read_image(path: str | os.PathLike, max_side: int | None = None, min_side: i
 
 
 def read_gt(path: str | os.PathLike) -> np.ndarray:
-    """Read a ground-truth heatmap PNG as float32 (H, W) in [0, 1].
+    """Read a ground-truth heatmap PNG as float64 (H, W) in [0, 1].
 
-    Decoded as 8-bit grayscale (as ``cv2.IMREAD_GRAYSCALE`` does in the published evaluation code), then / 255.
+    Decoded as 8-bit grayscale (as ``cv2.IMREAD_GRAYSCALE`` does in the published evaluation code), then / 255 in
+    float64, as the published code divides it. The GT stays float64 up to the metrics (docs/protocol.md): the NSS
+    fixation map thresholds min-max(G) at 0.1, and a float32 copy rounds values that are exactly 0.1 in exact
+    arithmetic (say ½ · 25/255 + ½ · 26/255 after the resize) to just above it.
     """
     data = _read_bytes(path)
     buf = np.frombuffer(data, dtype=np.uint8)
     gt = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
     if gt is None:
         raise ValueError(f"Could not decode ground-truth map '{path}'. Expected a grayscale PNG heatmap.")
-    return (gt.astype(np.float64) / 255.0).astype(np.float32)
+    return gt.astype(np.float64) / 255.0
 
 
 def read_mask(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
@@ -274,45 +286,73 @@ def read_mask(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
 
 
 def resize_gt(gt: np.ndarray, size: int) -> np.ndarray:
-    """Resize a GT map in [0, 1] to size x size exactly as the published protocol does (SPEC §2).
+    """Resize a GT map in [0, 1] to size x size exactly as the published protocol does (SPEC §2), in float64.
 
-    The published code divides the uint8 PNG by 255 in float64 and calls ``cv2.resize`` (bilinear) on it;
-    we keep float64 through the resize and return float32.
+    The published code divides the uint8 PNG by 255 in float64 and calls ``cv2.resize`` (bilinear) on it, and
+    scores the float64 result; so do we (the clip to [0, 1] changes nothing: bilinear weights are convex).
     """
     out = cv2.resize(gt.astype(np.float64), (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
-def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+def _pil_resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """PIL's bilinear resize (antialiased when shrinking: the filter widens with the scale) of a uint8 array.
+
+    torchvision's ``Resize`` hands a PIL image to ``Image.resize(size, BILINEAR)``; this is that call. An RGB image
+    is resized as one RGB image; other channel counts one channel at a time ('L' images), because PIL would
+    premultiply a fourth channel as alpha.
+    """
+    from PIL import Image  # only this backend needs PIL
+
+    if img.dtype != np.uint8:
+        raise ValueError(f"the pil resize expects uint8 pixels, got {img.dtype}")
+    bilinear = Image.Resampling.BILINEAR
+    if img.ndim == 3 and img.shape[2] == 3:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), bilinear))
+    if img.ndim == 2:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((width, height), bilinear))
+    channels = [_pil_resize(np.ascontiguousarray(img[..., c]), width, height) for c in range(img.shape[2])]
+    return np.stack(channels, axis=2)  # (height, width, C)
+
+
+def _resize(img: np.ndarray, width: int, height: int, backend: str = "opencv") -> np.ndarray:
     h, w = img.shape[:2]
     if (w, h) == (width, height):
         return img
+    if backend == "pil":
+        return _pil_resize(img, width, height)
+    if backend != "opencv":
+        raise ValueError(f"resize backend {backend!r} is not one of {', '.join(RESIZE_BACKENDS)}")
     # Area averaging when shrinking avoids aliasing (PIL's bilinear filter also antialiases); bilinear when growing.
     interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
     return cv2.resize(img, (width, height), interpolation=interp)
 
 
-def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize so that the shorter side is ``size``, keeping the aspect ratio (like torchvision ``Resize(int)``)."""
+def resize_shorter(img: np.ndarray, size: int, backend: str = "opencv") -> np.ndarray:
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio (like torchvision ``Resize(int)``).
+
+    The longer side is ``int(size * longer / shorter)``, torchvision's rounding; ``backend`` is ``opencv`` or
+    ``pil`` (module docstring).
+    """
     h, w = img.shape[:2]
     if h <= w:
         new_h, new_w = size, max(1, int(size * w / h))
     else:
         new_h, new_w = max(1, int(size * h / w)), size
-    return _resize(img, new_w, new_h)
+    return _resize(img, new_w, new_h, backend)
 
 
-def center_resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+def center_resize(img: np.ndarray, size: int | tuple[int, int], backend: str = "opencv") -> np.ndarray:
     """Resize to exactly ``size`` (an int for a square, or (height, width)), ignoring the aspect ratio."""
     height, width = (size, size) if isinstance(size, int) else size
-    return _resize(img, width, height)
+    return _resize(img, width, height, backend)
 
 
-def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator, backend: str = "opencv") -> np.ndarray:
     """Crop a random size x size window (the image is first grown if a side is shorter than ``size``)."""
     h, w = img.shape[:2]
     if h < size or w < size:
-        img = resize_shorter(img, size)
+        img = resize_shorter(img, size, backend)
         h, w = img.shape[:2]
     top = int(rng.integers(0, h - size + 1))
     left = int(rng.integers(0, w - size + 1))
@@ -333,25 +373,35 @@ def normalize(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
 
 
-def to_tensor(img: np.ndarray, size: int | tuple[int, int] | None = None) -> torch.Tensor:
-    """Test transform: resize to ``size`` (square if an int; unchanged if None) and normalise -> (3, S, S)."""
+def to_tensor(img: np.ndarray, size: int | tuple[int, int] | None = None, backend: str = "opencv") -> torch.Tensor:
+    """Test transform: resize to ``size`` (square if an int; unchanged if None) and normalise -> (3, S, S).
+
+    The aspect ratio is not kept, as in the published test transform ``Resize((224, 224))``.
+    """
     if size is not None:
-        img = center_resize(img, size)
+        img = center_resize(img, size, backend)
     return normalize(img)
 
 
-def train_transform(img: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator) -> torch.Tensor:
+def train_transform(
+    img: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator, backend: str = "opencv"
+) -> torch.Tensor:
     """Train transform (SPEC §1): shorter side to ``resize_size``, random crop, random flip, normalise."""
     if crop_size > resize_size:
         raise ValueError(f"crop_size ({crop_size}) must not exceed resize_size ({resize_size}).")
-    img = resize_shorter(img, resize_size)
-    img = random_crop(img, crop_size, rng)
+    img = resize_shorter(img, resize_size, backend)
+    img = random_crop(img, crop_size, rng, backend)
     img = random_flip(img, rng)
     return normalize(img)
 
 
 def train_transform_with_mask(
-    img: np.ndarray, mask: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator
+    img: np.ndarray,
+    mask: np.ndarray,
+    resize_size: int,
+    crop_size: int,
+    rng: np.random.Generator,
+    backend: str = "opencv",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`train_transform` of an image and the same geometry (resize, crop, flip) applied to its mask.
 
@@ -361,6 +411,7 @@ def train_transform_with_mask(
         resize_size: shorter side after resizing.
         crop_size: side of the random crop.
         rng: consumed exactly as :func:`train_transform` consumes it, so the image is the one it would give.
+        backend: the resize backend (``opencv`` or ``pil``).
 
     Returns:
         The normalised image (3, S, S) and the mask (S, S) as float in [0, 1].
@@ -368,7 +419,7 @@ def train_transform_with_mask(
     if mask.shape[:2] != img.shape[:2]:
         raise ValueError(f"mask shape {mask.shape[:2]} differs from the image's {img.shape[:2]}")
     both = np.concatenate([img, mask[..., None]], axis=2)  # (H, W, 4): one geometric transform for both
-    both = random_flip(random_crop(resize_shorter(both, resize_size), crop_size, rng), rng)
+    both = random_flip(random_crop(resize_shorter(both, resize_size, backend), crop_size, rng, backend), rng)
     both = np.ascontiguousarray(both)
     return normalize(both[..., :3]), torch.from_numpy(both[..., 3].astype(np.float32) / 255.0)
 

@@ -141,6 +141,7 @@ def _part_selector(cfg: Config, num_classes: int, dim: int, num_patches: int) ->
         num_parts=m.num_parts,
         kmeans_iters=m.kmeans_iters,
         seed=cfg.seed,
+        kmeans=m.kmeans,
     )
     if ext.class_contrast:
         bank = ClassPatchBank(num_classes, ext.contrast_bank, dim, num_patches)

@@ -13,6 +13,14 @@ and the best cluster becomes the sample's part prototype when max_k p_k ≥ ``io
 Everything here is batched: samples are padded to a common number of points and carried with a validity mask, and
 the only Python loops run over k-means++ seeding steps (K of them) and Lloyd iterations. The outputs are training
 *targets*, so they are computed without gradients and in float32 whatever the autocast state.
+
+Two k-means (``kmeans``): our seeded k-means++ (``kmeanspp``), or LOCATE's fast-pytorch-kmeans (``locate``, see
+:mod:`models.kmeans`) together with what the published code then does with an empty part mask. There an empty
+cluster is a zero centroid, whose similarity map is constant, so its mask S_k is empty and the published score
+divides 0 by 0: p_k is NaN, ``max p < thd`` is False, ``argmax`` returns the (first) NaN index, and the chosen
+prototype is that zero centroid, which the published loss then skips. ``locate`` reproduces this without a NaN: the
+first empty part is chosen whatever the other scores, the sample has a prototype only if that part's centroid is
+not zero, and its score is stored as 0 (the published ``part_score`` holds NaN there).
 """
 
 from __future__ import annotations
@@ -22,11 +30,14 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
-from models.kmeans import batched_kmeans
+from models.kmeans import batched_kmeans, batched_kmeans_locate
 from models.outputs import PartSelection
 from utils.maps import normalize_minmax
 
-__all__ = ["PartIoUSelector", "PartSelector", "part_iou_scores", "select_part_prototypes"]
+__all__ = ["KMEANS_VARIANTS", "PartIoUSelector", "PartSelector", "part_iou_scores", "select_part_prototypes"]
+
+KMEANS_VARIANTS: tuple[str, ...] = ("kmeanspp", "locate")
+"""Values of ``model.kmeans``."""
 
 
 def part_iou_scores(part_masks: torch.Tensor, saliency_mask: torch.Tensor) -> torch.Tensor:
@@ -73,6 +84,8 @@ def select_part_prototypes(
     k: int = 3,
     iters: int = 300,
     seed: int = 0,
+    kmeans: str = "kmeanspp",
+    kmeans_init: torch.Tensor | None = None,
 ) -> PartSelection:
     """Find each sample's part prototype from its exocentric CAMs (LOCATE, CVPR 2023, §3.2), batched.
 
@@ -85,11 +98,19 @@ def select_part_prototypes(
         iou_thd: minimum best PartIoU score for a sample to get a prototype.
         k: number of clusters.
         iters: maximum Lloyd iterations.
-        seed: k-means seed.
+        seed: seed of the ``kmeanspp`` start (``locate`` draws from the global torch RNG, as the published code).
+        kmeans: ``kmeanspp`` (ours) or ``locate`` (LOCATE's k-means and its empty-part rule, module docstring).
+        kmeans_init: with ``locate``, (B, K) indices of the starting points among each sample's clustered patches
+            (exocentric image by image, raster order) instead of the RNG draws; for tests and comparisons with a
+            recorded published run.
 
     Returns:
         A :class:`PartSelection`; every tensor is float32/bool/long, detached.
     """
+    if kmeans not in KMEANS_VARIANTS:
+        raise ValueError(f"select_part_prototypes: kmeans={kmeans!r} is not one of {', '.join(KMEANS_VARIANTS)}")
+    if kmeans_init is not None and kmeans != "locate":
+        raise ValueError("select_part_prototypes: kmeans_init needs kmeans='locate' (k-means++ draws its own start)")
     if exo_desc.dim() != 5 or exo_cam.dim() != 4:
         raise ValueError(
             "select_part_prototypes: expected exo_desc (B, n, D, h, w) and exo_cam (B, n, h, w), got "
@@ -114,7 +135,10 @@ def select_part_prototypes(
         cam = normalize_minmax(exo_cam.detach().float())  # (B, n, h, w)
         points = rearrange(exo_desc, "b n d h w -> b (n h w) d")
         mask = rearrange(cam > cam_thd, "b n h w -> b (n h w)")
-        centroids, _, valid = batched_kmeans(points, mask, k=k, iters=iters, seed=seed)  # (B, K, D)
+        if kmeans == "locate":
+            centroids, _, valid = batched_kmeans_locate(points, mask, k=k, iters=iters, init_index=kmeans_init)
+        else:
+            centroids, _, valid = batched_kmeans(points, mask, k=k, iters=iters, seed=seed)  # (B, K, D)
         protos = F.normalize(centroids, dim=-1)  # (B, K, D); zero rows stay zero
 
         ego = F.normalize(ego_desc.detach().float(), dim=1)  # (B, D, h', w')
@@ -128,7 +152,16 @@ def select_part_prototypes(
 
         best_score, best = scores.max(dim=1)  # (B,), (B,)
         has_prototype = valid & (best_score >= iou_thd)
+        if kmeans == "locate":
+            # The published NaN score of an empty part (module docstring): it wins the argmax and passes the
+            # threshold test; the prototype is its centroid, which counts only if it is not zero.
+            empty = part_masks.flatten(2).sum(dim=-1) == 0  # (B, K)
+            any_empty = valid & empty.any(dim=1)
+            best = torch.where(any_empty, empty.to(torch.uint8).argmax(dim=1), best)  # first empty part
+            has_prototype = has_prototype | any_empty
         chosen = protos[torch.arange(b, device=protos.device), best]  # (B, D)
+        if kmeans == "locate":
+            has_prototype = has_prototype & (chosen != 0).any(dim=1)
         prototypes = torch.where(has_prototype.unsqueeze(1), chosen, chosen.new_zeros(()))
     return PartSelection(
         prototypes=prototypes,
@@ -178,14 +211,24 @@ class PartIoUSelector(PartSelector):
         num_parts: K, the clusters per sample (LOCATE 3).
         kmeans_iters: maximum Lloyd iterations (LOCATE 300).
         seed: seed of the k-means++ seeding.
+        kmeans: ``kmeanspp`` (ours) or ``locate`` (LOCATE's fast-pytorch-kmeans, see :func:`select_part_prototypes`).
     """
 
     def __init__(
-        self, cam_thd: float = 0.6, iou_thd: float = 0.6, num_parts: int = 3, kmeans_iters: int = 300, seed: int = 0
+        self,
+        cam_thd: float = 0.6,
+        iou_thd: float = 0.6,
+        num_parts: int = 3,
+        kmeans_iters: int = 300,
+        seed: int = 0,
+        kmeans: str = "kmeanspp",
     ) -> None:
         super().__init__()
+        if kmeans not in KMEANS_VARIANTS:
+            raise ValueError(f"PartIoUSelector: kmeans={kmeans!r} is not one of {', '.join(KMEANS_VARIANTS)}")
         self.cam_thd, self.iou_thd = float(cam_thd), float(iou_thd)
         self.num_parts, self.kmeans_iters, self.seed = int(num_parts), int(kmeans_iters), int(seed)
+        self.kmeans = kmeans
 
     def forward(
         self,
@@ -206,7 +249,11 @@ class PartIoUSelector(PartSelector):
             k=self.num_parts,
             iters=self.kmeans_iters,
             seed=self.seed,
+            kmeans=self.kmeans,
         )
 
     def extra_repr(self) -> str:
-        return f"cam_thd={self.cam_thd}, iou_thd={self.iou_thd}, num_parts={self.num_parts}, seed={self.seed}"
+        return (
+            f"cam_thd={self.cam_thd}, iou_thd={self.iou_thd}, num_parts={self.num_parts}, seed={self.seed}, "
+            f"kmeans={self.kmeans}"
+        )

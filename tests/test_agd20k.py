@@ -209,7 +209,7 @@ def test_test_item_and_gt_protocol(world):
     assert ds.has_masks and ds.missing_gt == []
     item = ds[3]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
-    assert item["gt"].shape == (40, 40) and item["gt"].dtype == torch.float32
+    assert item["gt"].shape == (40, 40) and item["gt"].dtype == torch.float64
     assert float(item["gt"].min()) >= 0.0 and float(item["gt"].max()) <= 1.0
     assert item["label"] == ds.class_names.index(item["affordance"])
     gt_png = Path(item["path"].replace("/testset/egocentric/", "/testset/GT/")).with_suffix(".png")

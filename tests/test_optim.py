@@ -17,7 +17,9 @@ class TinyGrounder(nn.Module):
         super().__init__()
         self.backbone = nn.Linear(4, 4)
         self.backbone.requires_grad_(False)
-        self.aff_proj = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 8))
+        self.aff_proj = nn.Module()  # the adapter: a LayerNorm (x1, LOCATE's 'fc' rule) and an fc layer (x10)
+        self.aff_proj.norm = nn.LayerNorm(4)
+        self.aff_proj.fc1 = nn.Linear(4, 8)
         self.aff_exo_proj = nn.Conv2d(8, 8, 3, padding=1)  # not a x10 module, despite the similar name
         self.aff_fc = nn.Conv2d(8, 3, 1)
         self.attn_pool = nn.MultiheadAttention(8, 2)  # in_proj_bias is a bias too
@@ -34,14 +36,16 @@ def test_param_groups_learning_rates_and_membership() -> None:
     assert {k: g["lr"] for k, g in groups.items()} == pytest.approx(
         {"weights": 1e-3, "biases": 2e-3, "head_weights": 1e-2, "head_biases": 2e-2}
     )
-    assert set(groups["head_weights"]["param_names"]) == {"aff_proj.0.weight", "aff_proj.1.weight", "aff_fc.weight"}
-    assert set(groups["head_biases"]["param_names"]) == {"aff_proj.0.bias", "aff_proj.1.bias", "aff_fc.bias"}
+    assert set(groups["head_weights"]["param_names"]) == {"aff_proj.fc1.weight", "aff_fc.weight"}
+    assert set(groups["head_biases"]["param_names"]) == {"aff_proj.fc1.bias", "aff_fc.bias"}
     assert set(groups["biases"]["param_names"]) == {
+        "aff_proj.norm.bias",
         "aff_exo_proj.bias",
         "attn_pool.in_proj_bias",
         "attn_pool.out_proj.bias",
     }
     assert set(groups["weights"]["param_names"]) == {
+        "aff_proj.norm.weight",
         "aff_exo_proj.weight",
         "attn_pool.in_proj_weight",
         "attn_pool.out_proj.weight",

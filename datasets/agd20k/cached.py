@@ -79,7 +79,7 @@ class CachedTrainSet(AGD20KTrain):
         """(3, S, S) the normalised image of view ``view`` of ``path`` (for pictures of cached batches)."""
         min_side = self.resize_size if self.reduced_decode else None
         img = read_image(path, min_side=min_side)
-        return train_transform(img, self.resize_size, self.image_size, self.view_rng(path, view))
+        return train_transform(img, self.resize_size, self.image_size, self.view_rng(path, view), self.resize)
 
 
 def collate_cached(items: list[dict[str, Any]]) -> dict[str, Any]:

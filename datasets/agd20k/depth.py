@@ -91,7 +91,12 @@ def _match(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def train_transform_with_depth(
-    img: np.ndarray, depth: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator
+    img: np.ndarray,
+    depth: np.ndarray,
+    resize_size: int,
+    crop_size: int,
+    rng: np.random.Generator,
+    backend: str = "opencv",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`datasets.images.train_transform` of an image and the same resize, crop and flip of its depth map.
 
@@ -101,15 +106,17 @@ def train_transform_with_depth(
         resize_size: shorter side after resizing.
         crop_size: side of the random crop.
         rng: consumed exactly as ``train_transform`` consumes it, so the image is the one it would give.
+        backend: the resize backend (``opencv`` or ``pil``).
 
     Returns:
         The normalised image (3, S, S) and the depth map (1, S, S) in [-1, 1].
     """
     both = np.concatenate([img, _match(depth, img.shape[:2])[..., None]], axis=2)  # (H, W, 4): one geometry
-    both = np.ascontiguousarray(random_flip(random_crop(resize_shorter(both, resize_size), crop_size, rng), rng))
+    both = random_crop(resize_shorter(both, resize_size, backend), crop_size, rng, backend)
+    both = np.ascontiguousarray(random_flip(both, rng))
     return normalize(np.ascontiguousarray(both[..., :3])), depth_tensor(both[..., 3])
 
 
-def eval_depth(depth: np.ndarray, size: int) -> torch.Tensor:
+def eval_depth(depth: np.ndarray, size: int, backend: str = "opencv") -> torch.Tensor:
     """The test transform of a depth map: resized to size × size like the image, then (1, S, S) in [-1, 1]."""
-    return depth_tensor(center_resize(depth, size))
+    return depth_tensor(center_resize(depth, size, backend))

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from datasets.agd20k.depth import check_depth_maps, depth_path, eval_depth, read_depth
 from datasets.agd20k.layout import SUBSETS, _check_layout, _class_names_for, _tree
-from datasets.images import image_file_problem, read_gt, read_image, read_mask, resize_gt, to_tensor
+from datasets.images import RESIZE_BACKENDS, image_file_problem, read_gt, read_image, read_mask, resize_gt, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class AGD20KTest(Dataset):
             images decode exactly as without it. Off: every image is decoded at full size.
         depth_root: an AGD20K-Depth root (``datasets.agd20k.depth``): every item then also carries ``depth``
             (1, S, S) in [-1, 1], resized like the image. Every test image's depth map must exist (checked here).
+        resize: the resize backend of the test images, ``opencv`` or ``pil`` (see ``datasets.images``).
+
+    The GT maps stay float64 from the PNG to the metrics (``item["gt"]`` is float64, and so is the cache), as in the
+    published evaluation: a float32 copy moves NSS by up to 1e-3 on an image (docs/protocol.md).
     """
 
     def __init__(
@@ -67,13 +71,17 @@ class AGD20KTest(Dataset):
         cache_dir: str | os.PathLike | None = None,
         reduced_decode: bool = True,
         depth_root: str | os.PathLike | None = None,
+        resize: str = "opencv",
     ) -> None:
+        if resize not in RESIZE_BACKENDS:
+            raise ValueError(f"resize={resize!r} is not one of {', '.join(RESIZE_BACKENDS)}")
         self.root = Path(root)
         self.depth_root = Path(depth_root) if depth_root else None
         self.split = split
         self.image_size = image_size
         self.eval_size = eval_size
         self.reduced_decode = reduced_decode
+        self.resize = resize
         split_dir = _check_layout(self.root, split, ["test_ego", "test_gt"])
         self.class_names = _class_names_for(self.root, split, class_names, ["test_ego", "test_gt"])
         self._label = {c: i for i, c in enumerate(self.class_names)}
@@ -139,7 +147,7 @@ class AGD20KTest(Dataset):
         return [it for i, it in enumerate(items) if not problems.get(i)]
 
     def _cache_key(self) -> str:
-        h = hashlib.sha256(f"agd20k-gt-v1|{self.eval_size}".encode())
+        h = hashlib.sha256(f"agd20k-gt-v2-float64|{self.eval_size}".encode())
         for _, _, _, gt in self.items:
             h.update(f"|{os.path.relpath(gt, self.root)}:{os.path.getsize(gt)}".encode())
         return h.hexdigest()[:16]
@@ -149,10 +157,16 @@ class AGD20KTest(Dataset):
         shape = (len(self.items), self.eval_size, self.eval_size)
         if path.is_file():
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.shape == shape and arr.dtype == np.float32:
+            if arr.shape == shape and arr.dtype == np.float64:
                 logger.info("GT maps loaded from cache %s", path)
                 return arr
-            logger.warning("Ignoring GT cache %s with shape %s (expected %s)", path, arr.shape, shape)
+            logger.warning(
+                "Ignoring GT cache %s with shape %s and dtype %s (expected %s float64)",
+                path,
+                arr.shape,
+                arr.dtype,
+                shape,
+            )
         maps, problems = [], {}
         for i, (_, _, _, gt) in enumerate(self.items):
             try:
@@ -163,7 +177,7 @@ class AGD20KTest(Dataset):
             self.items = self._drop_unreadable(self.items, problems, "have a GT map that could not be decoded")
             path = cache_dir / f"agd20k_gt_{self.split}_{self.eval_size}_{self._cache_key()}.npy"
         if not maps:
-            return np.zeros((0, self.eval_size, self.eval_size), np.float32)
+            return np.zeros((0, self.eval_size, self.eval_size), np.float64)
         arr = np.stack(maps)  # (N, E, E)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -179,7 +193,7 @@ class AGD20KTest(Dataset):
     ) -> AGD20KTest:
         """The test set of ``split`` as a :class:`utils.config.Config` describes it (``cfg.data``, GT cache too).
 
-        ``reduced_decode`` is ``cfg.data.reduced_decode`` and ``depth_root`` is ``cfg.data.depth_root``.
+        ``reduced_decode``, ``depth_root`` and ``resize`` come from ``cfg.data``.
         """
         return cls(
             cfg.data.root,
@@ -191,6 +205,7 @@ class AGD20KTest(Dataset):
             cache_dir=cfg.data.gt_cache or None,
             reduced_decode=cfg.data.reduced_decode,
             depth_root=cfg.data.depth_root or None,
+            resize=cfg.data.resize,
         )
 
     def __len__(self) -> int:
@@ -204,7 +219,9 @@ class AGD20KTest(Dataset):
             item.update(readable=True, problem="")
         except (ValueError, OSError) as err:  # decoding failed although the file passed the structural check
             e, s = self.eval_size, self.image_size
-            item.update(image=torch.zeros(3, s, s), gt=torch.zeros(e, e), readable=False, problem=str(err))
+            item.update(
+                image=torch.zeros(3, s, s), gt=torch.zeros(e, e, dtype=torch.float64), readable=False, problem=str(err)
+            )
             if self.depth_root is not None:
                 item.update(depth=torch.zeros(1, s, s))
             if self.with_masks:
@@ -219,15 +236,16 @@ class AGD20KTest(Dataset):
         path, _, _, gt_path = self.items[index]
         min_side = self.image_size if self.reduced_decode else None
         if self._gt_cache is not None:
-            gt = np.array(self._gt_cache[index], dtype=np.float32)  # copy out of the memory map
+            gt = np.array(self._gt_cache[index], dtype=np.float64)  # copy out of the memory map
         else:
             gt = resize_gt(read_gt(gt_path), self.eval_size)
         out = {
-            "image": to_tensor(read_image(path, min_side=min_side), self.image_size),  # (3, S, S)
-            "gt": torch.from_numpy(gt),  # (E, E)
+            "image": to_tensor(read_image(path, min_side=min_side), self.image_size, self.resize),  # (3, S, S)
+            "gt": torch.from_numpy(gt),  # (E, E) float64
         }
         if self.depth_root is not None:
-            out["depth"] = eval_depth(read_depth(depth_path(path, self.root, self.depth_root)), self.image_size)
+            depth = read_depth(depth_path(path, self.root, self.depth_root))
+            out["depth"] = eval_depth(depth, self.image_size, self.resize)
         if self.with_masks:
             obj_mask, part_mask = self._mask_paths[index]
             out["object_mask"] = torch.from_numpy(read_mask(obj_mask, self.eval_size))  # (E, E)

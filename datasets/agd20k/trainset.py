@@ -14,9 +14,12 @@ from torch.utils.data import Dataset
 
 from datasets.agd20k.depth import check_depth_maps, depth_path, read_depth, train_transform_with_depth
 from datasets.agd20k.layout import LAYOUT, SUBSETS, _check_layout, _class_names_for, _empty_folders, _tree
-from datasets.images import read_image, read_mask, train_transform, train_transform_with_mask
+from datasets.images import RESIZE_BACKENDS, read_image, read_mask, train_transform, train_transform_with_mask
 
 logger = logging.getLogger(__name__)
+
+EXO_PARTNER_RULES: tuple[str, ...] = ("distinct", "published")
+"""Values of ``data.exo_partners``."""
 
 
 class AGD20KTrain(Dataset):
@@ -59,6 +62,11 @@ class AGD20KTrain(Dataset):
         depth_root: an AGD20K-Depth root (``datasets.agd20k.depth``): every item then also carries ``exo_depth``
             (n, 1, S, S) and ``ego_depth`` (1, S, S) in [-1, 1], under the images' crops and flips. Every image's
             depth map must exist (checked here, before training). None: no depth.
+        resize: the resize backend, ``opencv`` or ``pil`` (the published code's PIL bilinear; see
+            ``datasets.images``).
+        exo_partners: ``distinct`` (the partners are other images than the anchor, all different, whenever the
+            folder has ``num_exo`` images) or ``published`` (LOCATE's loader: distinct only when the folder has more
+            than ``num_exo`` images). A smaller folder repeats images, the anchor included, in both.
     """
 
     def __init__(
@@ -75,6 +83,8 @@ class AGD20KTrain(Dataset):
         views: int = 0,
         view_seed: int = 0,
         depth_root: str | os.PathLike | None = None,
+        resize: str = "opencv",
+        exo_partners: str = "distinct",
     ) -> None:
         if num_exo < 1:
             raise ValueError(f"num_exo must be >= 1, got {num_exo}")
@@ -92,6 +102,12 @@ class AGD20KTrain(Dataset):
             raise ValueError(f"views must be >= 0 (0: a fresh augmentation at every use), got {views}")
         self.views, self.view_seed = int(views), int(view_seed)
         self.depth_root = Path(depth_root) if depth_root else None
+        if resize not in RESIZE_BACKENDS:
+            raise ValueError(f"resize={resize!r} is not one of {', '.join(RESIZE_BACKENDS)}")
+        self.resize = resize
+        if exo_partners not in EXO_PARTNER_RULES:
+            raise ValueError(f"exo_partners={exo_partners!r} is not one of {', '.join(EXO_PARTNER_RULES)}")
+        self.exo_partners = exo_partners
         # in shared memory so that set_epoch reaches persistent DataLoader workers too
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         split_dir = _check_layout(self.root, split, ["train_exo", "train_ego"])
@@ -200,7 +216,8 @@ class AGD20KTrain(Dataset):
         go to the constructor as they are.
 
         ``seed`` defaults to ``cfg.seed`` and ``with_part_masks`` to ``cfg.model.extensions.oracle_prototypes``;
-        ``reduced_decode``, ``views``, ``view_seed`` and ``depth_root`` come from ``cfg.data``.
+        ``reduced_decode``, ``views``, ``view_seed``, ``depth_root``, ``resize`` and ``exo_partners`` come from
+        ``cfg.data``.
         """
         return cls(
             cfg.data.root,
@@ -215,6 +232,8 @@ class AGD20KTrain(Dataset):
             views=cfg.data.views,
             view_seed=cfg.data.view_seed,
             depth_root=cfg.data.depth_root or None,
+            resize=cfg.data.resize,
+            exo_partners=cfg.data.exo_partners,
             **kwargs,
         )
 
@@ -272,10 +291,12 @@ class AGD20KTrain(Dataset):
         return self.view_rng(path, view), view
 
     def _partners(self, files: Sequence[str], j: int, rng: np.random.Generator) -> list[str]:
-        """The ``num_exo - 1`` other exocentric images of the anchor ``files[j]``'s folder."""
+        """The ``num_exo - 1`` other exocentric images of the anchor ``files[j]``'s folder (``exo_partners``)."""
         others = [f for k, f in enumerate(files) if k != j]
         need = self.num_exo - 1
-        if len(others) >= need:
+        # LOCATE's loader draws distinct partners only from folders of more than num_exo images
+        distinct = len(files) > self.num_exo if self.exo_partners == "published" else len(others) >= need
+        if distinct:
             return [others[k] for k in rng.choice(len(others), size=need, replace=False)]
         return [files[k] for k in rng.integers(0, len(files), size=need)]  # small folder: repeat images
 
@@ -317,13 +338,14 @@ class AGD20KTrain(Dataset):
         aug, _ = self._augment_rng(used, rng)
         if self.depth_root is not None:
             depth = read_depth(depth_path(used, self.root, self.depth_root))
-            image, depth_t = train_transform_with_depth(img, depth, self.resize_size, self.image_size, aug)
+            image, depth_t = train_transform_with_depth(img, depth, self.resize_size, self.image_size, aug, self.resize)
             return {"image": image, "depth": depth_t, "path": used}  # (3, S, S), (1, S, S)
         if not with_mask:
-            return {"image": train_transform(img, self.resize_size, self.image_size, aug), "path": used}  # (3, S, S)
+            image = train_transform(img, self.resize_size, self.image_size, aug, self.resize)  # (3, S, S)
+            return {"image": image, "path": used}
         mask = read_mask(self._part_mask_path(used), None)  # (H, W) in {0, 1}
         image, part = train_transform_with_mask(
-            img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, aug
+            img, (mask * 255).astype(np.uint8), self.resize_size, self.image_size, aug, self.resize
         )
         return {"image": image, "ego_part_mask": part, "path": used}
 

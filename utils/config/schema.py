@@ -104,7 +104,21 @@ class DataConfig:
         "Decode a JPEG at 1/2, 1/4 or 1/8 size (in the DCT domain, like a good downscale) when it stays at least as "
         "large as the transform needs; off decodes every pixel, as the published code does.",
     )
-    gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy); empty disables the cache.")
+    resize: str = _f(
+        "opencv",
+        "Resize of the input images: 'opencv' (area averaging when shrinking, bilinear when growing) or 'pil' (PIL's "
+        "antialiased bilinear, what torchvision's Resize does to the published code's PIL images; slower). Both keep "
+        "the geometry: shorter side to resize_size in training, image_size x image_size at test.",
+        ("opencv", "pil"),
+    )
+    exo_partners: str = _f(
+        "distinct",
+        "How the num_exo - 1 partner exocentric images come from the anchor's folder: 'distinct' (other images, all "
+        "different, whenever the folder holds num_exo images) or 'published' (LOCATE's loader: distinct only when it "
+        "holds more than num_exo; a folder of exactly num_exo then repeats images, the anchor included).",
+        ("distinct", "published"),
+    )
+    gt_cache: str = _f("", "Folder for a cache of resized GT maps (.npy, float64); empty disables the cache.")
     depth_root: str = _f(
         "",
         "AGD20K-Depth root for BiT-Align's depth prompt: the layout of data.root with one 8-bit <stem>_depth.png per "
@@ -272,6 +286,15 @@ class ModelConfig:
     aff_cam_thd: float = _f(0.6, "Exocentric CAM threshold (after min-max) selecting the patches that are clustered.")
     part_iou_thd: float = _f(0.6, "Minimum PartIoU score for a cluster to become the sample's part prototype.")
     kmeans_iters: int = _f(300, "Maximum Lloyd iterations of the k-means (it stops earlier when it converges).")
+    kmeans: str = _f(
+        "kmeanspp",
+        "k-means of the part prototypes: 'kmeanspp' (seeded k-means++ start, stops when the assignment is stable, an "
+        "empty cluster keeps its centroid) or 'locate' (LOCATE's fast-pytorch-kmeans: random data points of the "
+        "global torch RNG as the start, stops when the summed squared centroid shift is <= 1e-4, an empty cluster "
+        "becomes a zero centroid, and a part with an empty mask wins as its published NaN score does, so such a "
+        "sample gets no prototype). The reference configs use 'locate' (docs/deviations.md).",
+        ("kmeanspp", "locate"),
+    )
     proj_kernels: list[int] = _f(
         [3, 3],
         "Kernel size of each convolution in aff_exo_proj and aff_ego_proj (LOCATE: [3, 3]); [1, 1] scores each patch "
@@ -320,15 +343,34 @@ class LossConfig:
 class TrainConfig:
     epochs: int = _f(15, "Training epochs (the published schedule: 15).")
     batch_size: int = _f(16, "Samples per step, each 1 egocentric + num_exo exocentric images.")
-    lr: float = _f(1e-3, "Base learning rate (weights x1, biases x2, adapter and aff_fc x10, their biases x20).")
+    lr: float = _f(1e-3, "Base learning rate (weights x1, biases x2, the 'fc' layers x10, their biases x20).")
     head_lr_mult: float = _f(
-        10.0, "Learning-rate multiplier of the adapter (aff_proj) and aff_fc (published: 10; 1 suits AdamW)."
+        10.0,
+        "Learning-rate multiplier of the parameters whose name contains 'fc': the adapter's fc1/fc2 and aff_fc, not "
+        "the adapter's LayerNorm (published: 10; 1 suits AdamW).",
     )
     bias_lr_mult: float = _f(2.0, "Learning-rate multiplier of biases (published: 2; their heads get both).")
     momentum: float = _f(0.9, "SGD momentum (Nesterov).")
     nesterov: bool = _f(True, "Use Nesterov momentum.")
     weight_decay: float = _f(5e-4, "Weight decay.")
     optimizer: str = _f("sgd", "Optimiser: 'sgd' (published recipe) or 'adamw'.", ("sgd", "adamw"))
+    param_groups: str = _f(
+        "ours",
+        "Trainable parameters that are neither weights nor biases (prompt tokens, a logit scale, a positional "
+        "embedding): 'ours' trains them with the weights; 'published' leaves them out of the optimiser, as LOCATE's "
+        "and BiT-Align's get_optimizer do (they never change). Same groups for LOCATE's model.",
+        ("ours", "published"),
+    )
+    cudnn_deterministic: bool = _f(
+        False,
+        "Use deterministic cuDNN convolution algorithms (as LOCATE's set_seed does); slower, and it only changes "
+        "GPU rounding from run to run.",
+    )
+    drop_last: bool = _f(
+        True,
+        "Drop the last incomplete training batch of an epoch (BatchNorm and the per-batch k-means want full "
+        "batches); the published code trains on it (false).",
+    )
     lr_step: int = _f(5, "StepLR: multiply the learning rate by lr_gamma every lr_step epochs (0: constant rate).")
     lr_gamma: float = _f(0.1, "StepLR decay factor.")
     amp: str = _f(

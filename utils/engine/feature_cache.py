@@ -80,6 +80,7 @@ def cache_key(model: torch.nn.Module, train_set: AGD20KTrain, dtype: str, amp_dt
         "image_size": train_set.image_size,
         "resize_size": train_set.resize_size,
         "reduced_decode": train_set.reduced_decode,
+        "resize": train_set.resize,
         "depth": train_set.depth_root is not None,
         "views": train_set.views,
         "view_seed": train_set.view_seed,
@@ -108,9 +109,10 @@ class _ImageViews(Dataset):
             return i, None, None
         rngs = [ts.view_rng(path, v) for v in range(ts.views)]
         if ts.depth_root is None:
-            return i, torch.stack([train_transform(img, ts.resize_size, ts.image_size, r) for r in rngs]), None
+            views = [train_transform(img, ts.resize_size, ts.image_size, r, ts.resize) for r in rngs]
+            return i, torch.stack(views), None
         depth = read_depth(depth_path(path, ts.root, ts.depth_root))
-        pairs = [train_transform_with_depth(img, depth, ts.resize_size, ts.image_size, r) for r in rngs]
+        pairs = [train_transform_with_depth(img, depth, ts.resize_size, ts.image_size, r, ts.resize) for r in rngs]
         return i, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 

@@ -93,6 +93,11 @@ def train_split(
     # =============================================================================================== model
     logger.info("==================== %s: model ====================", split)
     seed_everything(cfg.seed)  # each split's model starts from the same seed whatever ran before it
+    if cfg.train.cudnn_deterministic:  # LOCATE's set_seed; only CUDA convolutions are affected
+        import torch
+
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     model = build_model(cfg, class_names).to(device)
     train_model = wrap_ddp(model, device)
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)

@@ -62,7 +62,8 @@ def build_train_loader(
     device: torch.device,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
-    """The training loader: seeded shuffling (distributed or not), full batches only, seeded workers.
+    """The training loader: seeded shuffling (distributed or not), full batches only unless ``train.drop_last`` is
+    off, seeded workers.
 
     An item depends on (seed, epoch, index) only (the dataset's epoch lives in shared memory), so the workers are
     kept from one epoch to the next. On CUDA, batches come in pinned memory and each worker prepares two ahead.
@@ -90,7 +91,7 @@ def build_train_loader(
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_fn,
-        drop_last=True,  # BatchNorm and the per-batch k-means want full batches
+        drop_last=cfg.train.drop_last,  # BatchNorm and the per-batch k-means want full batches
         pin_memory=device.type == "cuda",
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed),

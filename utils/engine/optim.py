@@ -1,18 +1,23 @@
 """Optimiser and learning-rate schedule of the published LOCATE recipe (SPEC §3).
 
-Parameter groups follow LOCATE's training script: ordinary weights train at the base learning rate, biases at
-twice it, and the two modules that are trained from scratch with the most leverage on the class maps (the
-``aff_proj`` adapter MLP and the ``aff_fc`` classifier) at ten times it (their biases twenty times). Only
+Parameter groups follow LOCATE's ``get_optimizer``: ordinary weights train at the base learning rate, biases at
+twice it, and every parameter whose name contains ``fc`` (the adapter MLP's ``aff_proj.fc1`` / ``aff_proj.fc2`` and
+the classifier ``aff_fc``) at ten times it (their biases twenty times). The rule is LOCATE's substring test, so the
+adapter's LayerNorm ``aff_proj.norm`` trains at the base rate (x1 weight, x2 bias), as in the published code. Only
 parameters with ``requires_grad`` are handed to the optimiser, so a frozen backbone never appears in it.
 
-Unlike the published code, parameters whose name is neither a weight nor a bias (a positional embedding, learned
-prompt tokens, a logit scale) are not silently dropped: they train with the weights.
+Two rules sort the parameters whose name is neither a weight nor a bias (a positional embedding, learned prompt
+tokens, a logit scale), chosen by ``train.param_groups``:
+
+- ``ours`` (default): they train with the weights (x1), so that everything that asks for a gradient gets one.
+- ``published``: they are left out of the optimiser, as LOCATE's and BiT-Align's ``get_optimizer`` leave them out
+  (they never change); names are sorted by LOCATE's substring tests (``'weight' in name``, else ``'bias' in name``).
+  LOCATE's trainable parameters are all weights or biases, so for LOCATE the two rules give the same groups.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +27,8 @@ from utils.config import TrainConfig
 
 __all__ = [
     "GROUP_MULTIPLIERS",
-    "HEAD_PREFIXES",
+    "HEAD_SUBSTRING",
+    "PARAM_GROUP_RULES",
     "ParamGroupSpec",
     "build_optimizer",
     "build_scheduler",
@@ -32,8 +38,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEAD_PREFIXES: tuple[str, ...] = ("aff_proj.", "aff_fc.")
-"""State-dict prefixes of the modules trained at x10 (weights) / x20 (biases) the base learning rate."""
+HEAD_SUBSTRING = "fc"
+"""Parameters whose name contains this train at x10 (weights) / x20 (biases) the base rate (LOCATE's rule)."""
+
+PARAM_GROUP_RULES: tuple[str, ...] = ("ours", "published")
+"""Values of ``train.param_groups``: what happens to a parameter that is neither a weight nor a bias."""
 
 GROUP_MULTIPLIERS: dict[str, float] = {"weights": 1.0, "biases": 2.0, "head_weights": 10.0, "head_biases": 20.0}
 """Learning-rate multiplier of each parameter group (LOCATE's recipe)."""
@@ -53,10 +62,19 @@ def _is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1].endswith("bias")
 
 
-def _group_of(name: str, head_prefixes: Iterable[str]) -> str:
-    head = any(name.startswith(p) for p in head_prefixes)
-    bias = _is_bias(name)
-    if head:
+def _group_of(name: str, head_substring: str, rule: str) -> str | None:
+    """The group of parameter ``name``, or None when the ``published`` rule leaves it out of the optimiser."""
+    if rule == "published":
+        # LOCATE's get_optimizer: 'weight' in name, else 'bias' in name, else the parameter is not optimised
+        if "weight" in name:
+            bias = False
+        elif "bias" in name:
+            bias = True
+        else:
+            return None
+    else:
+        bias = _is_bias(name)
+    if head_substring in name:
         return "head_biases" if bias else "head_weights"
     return "biases" if bias else "weights"
 
@@ -72,32 +90,48 @@ def _strip_wrapper(name: str) -> str:
 def param_groups(
     model: nn.Module,
     lr: float,
-    head_prefixes: Iterable[str] = HEAD_PREFIXES,
+    head_substring: str = HEAD_SUBSTRING,
     multipliers: dict[str, float] | None = None,
+    rule: str = "ours",
 ) -> list[dict]:
     """Split the trainable parameters of ``model`` into LOCATE's learning-rate groups.
 
     Args:
         model: the model (a DistributedDataParallel wrapper is fine: its ``module.`` prefix is ignored).
         lr: the base learning rate.
-        head_prefixes: parameter-name prefixes of the x10/x20 modules.
+        head_substring: a parameter whose name contains it is in the x10/x20 groups (LOCATE: ``fc``).
         multipliers: learning-rate multiplier per group name; default :data:`GROUP_MULTIPLIERS`.
+        rule: ``ours`` (a parameter that is neither a weight nor a bias trains with the weights) or ``published``
+            (it is left out, as LOCATE's ``get_optimizer`` leaves it out; logged once).
 
     Returns:
         Optimiser parameter groups (empty groups left out), each a dict with ``params``, ``lr``, ``name``,
         ``lr_mult`` and ``param_names``. A frozen parameter (``requires_grad=False``) is in none of them.
 
     Raises:
-        ValueError: the model has no trainable parameter.
+        ValueError: the model has no trainable parameter, or ``rule`` is unknown.
     """
+    if rule not in PARAM_GROUP_RULES:
+        raise ValueError(f"param_groups: rule={rule!r} is not one of {', '.join(PARAM_GROUP_RULES)}")
     mults = dict(GROUP_MULTIPLIERS if multipliers is None else multipliers)
-    head_prefixes = tuple(head_prefixes)
     buckets: dict[str, list[tuple[str, nn.Parameter]]] = {k: [] for k in mults}
+    left_out: list[str] = []
     for raw_name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = _strip_wrapper(raw_name)
-        buckets[_group_of(name, head_prefixes)].append((name, p))
+        group = _group_of(name, head_substring, rule)
+        if group is None:
+            left_out.append(name)
+        else:
+            buckets[group].append((name, p))
+    if left_out:
+        logger.info(
+            "train.param_groups=published: %d trainable parameter(s) that are neither weights nor biases are not "
+            "optimised, as in the published code: %s",
+            len(left_out),
+            ", ".join(left_out),
+        )
     groups = [
         {
             "params": [p for _, p in items],
@@ -121,7 +155,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
     Args:
         model: the model (or its DDP wrapper).
-        cfg: the ``train`` section of the configuration (optimizer, lr, momentum, nesterov, weight_decay).
+        cfg: the ``train`` section of the configuration (optimizer, lr, momentum, nesterov, weight_decay,
+            head_lr_mult, bias_lr_mult, param_groups).
 
     Returns:
         The optimiser; every group carries ``name`` and ``lr_mult`` so that logs and tests can find it.
@@ -131,6 +166,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         model,
         cfg.lr,
         multipliers={"weights": 1.0, "biases": bias, "head_weights": head, "head_biases": head * bias},
+        rule=cfg.param_groups,
     )
     for g in groups:
         n = sum(p.numel() for p in g["params"])
