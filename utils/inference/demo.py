@@ -239,7 +239,15 @@ def build_app(backend: DemoBackend, title: str = "Affordance grounding") -> Any:
                 heatmap = gr.Image(type="numpy", label="heatmap", interactive=False, height=320, elem_id="heatmap")
                 topk = gr.Label(num_top_classes=backend.top_k, label="top-k affordances", elem_id="topk")
                 status = gr.Markdown(elem_id="status")
-        exo = gr.Gallery(label="exocentric images: gt_aff_cam", columns=4, height="auto", elem_id="exo")
+        exo = gr.Gallery(
+            label="exocentric images: gt_aff_cam",
+            columns=4,
+            height=260,
+            object_fit="contain",
+            preview=False,
+            allow_preview=False,
+            elem_id="exo",
+        )
 
         inputs = [image, affordance, phrase, sample_state]
         outputs = [heatmap, topk, exo, status]
