@@ -7,6 +7,8 @@ Usage::
     python test.py --config CFG --baseline center                          # a model-free floor, same code path
     python test.py --checkpoint CKPT --image photo.jpg --affordance hold   # heatmap of one image (.png + .npy)
     python test.py --checkpoint CKPT --image photo.jpg                     # the top-3 predicted affordances
+    python test.py --checkpoint best_aff_seen.pth --config configs/locate_dino-vits16_agd20k-seen.yaml \
+        data.root=/data/AGD20K                                             # a released LOCATE state dict
 
 The evaluation follows SPEC §2 (the published protocol): each prediction is upsampled (bilinear) to the GT size
 (``data.eval_size``, 224), min-max normalised, and scored against the GT; the numbers are plain means over the
@@ -16,7 +18,6 @@ test images, reported overall, per affordance and per object in ``<out>/metrics.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import sys
@@ -64,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="CKPT",
         help="Checkpoint written by train.py (runs/<run>/<Split>/last.pth for the honest last-epoch number, best.pth "
-        "for the test-selected one). Not needed with --baseline.",
+        "for the test-selected one), or a state dict released with LOCATE's code (recognised by its content: the "
+        "architecture then comes from --config, default LOCATE's recipe, and the split from its class count, 36 Seen "
+        "or 25 Unseen). Not needed with --baseline.",
     )
     p.add_argument(
         "--baseline",
@@ -153,23 +156,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _resolve_affordance(name: str, class_names: list[str], open_vocabulary: bool) -> str:
-    """The class name to query, or a clear error with the valid names and the closest one."""
-    if name in class_names:
-        return name
-    normalised = name.strip().lower().replace(" ", "_").replace("-", "_")
-    if normalised in class_names:
-        return normalised
-    if open_vocabulary:
-        logger.info("'%s' is not a training class: open-vocabulary query through the text encoder", name)
-        return name
-    close = difflib.get_close_matches(normalised, class_names, n=1, cutoff=0.0)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise SystemExit(
-        f"error: unknown affordance '{name}'.{hint} This checkpoint knows {len(class_names)}: {', '.join(class_names)}"
-    )
-
-
 def _load_config(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> Any:
     from utils.config import load_config
     from utils.engine.checkpoint import apply_overrides
@@ -218,60 +204,54 @@ def _display_size(rgb: Any, short: int = 256, long: int = 768) -> Any:
 
 
 def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: list[str], device: Any) -> list[Path]:
-    """Single-image inference: an overlay PNG and the map(s) as .npy; returns the written paths."""
+    """Single-image inference through :class:`utils.inference.Predictor`: an overlay PNG and the map(s) as .npy;
+    returns the written paths."""
     import numpy as np
-    import torch
 
-    from datasets.images import read_image, to_tensor
-    from utils.maps import normalize_minmax
+    from utils.inference.predictor import Predictor, UnknownAffordanceError
     from utils.viz.draw import add_label, hstack, overlay, save_png
 
     out_dir = _default_out(args, cfg)
     path = Path(args.image)
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file. Pass the path of an image (JPEG, PNG, ...).")
+    open_vocab = getattr(model, "text", None) is not None and cfg.model.text.encoder == "clip"
+    predictor = Predictor(model, cfg.data.image_size, device, open_vocab, max_side=MAX_IMAGE_SIDE, cfg=cfg)
     try:
-        rgb = read_image(path, max_side=MAX_IMAGE_SIDE)  # (H, W, 3) uint8, shrunk while decoding if huge
+        rgb = predictor.load_image(path)  # (H, W, 3) uint8, shrunk while decoding if huge
     except ValueError as e:
         raise ImageInputError(f"--image {path}: {e}") from e
-    h, w = rgb.shape[:2]
-    x = to_tensor(rgb, cfg.data.image_size)[None].to(device)  # (1, 3, S, S)
     shown = _display_size(rgb)  # pictures only; the .npy maps keep the image's resolution
     stem = path.stem
     written: list[Path] = []
-    with torch.no_grad():
-        if args.affordance is not None:
-            open_vocab = getattr(model, "text", None) is not None and cfg.model.text.encoder == "clip"
-            query = _resolve_affordance(args.affordance, class_names, open_vocab)
-            out = model.predict(x, [query], output_size=(h, w))
-            heat = out.maps[0].float().cpu().numpy()  # (H, W) in [0, 1]
-            tag = query.replace(" ", "_")
-            picture = hstack([add_label(shown, path.name), add_label(overlay(shown, heat), query)])
-            written.append(save_png(out_dir / f"{stem}_{tag}.png", picture))
-            np.save(out_dir / f"{stem}_{tag}.npy", heat.astype(np.float32))
-            written.append(out_dir / f"{stem}_{tag}.npy")
-            print(f"{path}: '{query}' heatmap -> {written[0]} (map: {written[1]})")
-        else:
-            out = model.predict(x, None)  # maps at the network's input size: C full-size maps could be large
-            probs = out.probs[0].float().cpu()  # (C,)
-            top = torch.topk(probs, k=min(3, len(class_names)))
-            # upsample only the top maps, as predict() does for all of them (bilinear, then min-max)
-            raw = out.ego_pred[:, top.indices].float()  # (1, 3, h, w)
-            up = torch.nn.functional.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
-            maps = normalize_minmax(up)[0].cpu().numpy()  # (3, H, W)
-            names = [class_names[i] for i in top.indices.tolist()]
-            tiles = [add_label(shown, path.name)]
-            print(f"{path}: top-{len(names)} affordances")
-            for rank, (name, p, m) in enumerate(zip(names, top.values.tolist(), maps), start=1):
-                print(f"  {rank}. {name:<16} p = {p:.3f}")
-                tiles.append(add_label(overlay(shown, m), f"{rank}. {name} (p={p:.2f})"))
-            written.append(save_png(out_dir / f"{stem}_top{len(names)}.png", hstack(tiles)))
-            np.save(out_dir / f"{stem}_top{len(names)}.npy", maps.astype(np.float32))
-            (out_dir / f"{stem}_top{len(names)}.json").write_text(
-                json.dumps({"affordances": names, "probs": top.values.tolist()}, indent=2) + "\n"
-            )
-            written += [out_dir / f"{stem}_top{len(names)}.npy", out_dir / f"{stem}_top{len(names)}.json"]
-            print(f"  picture: {written[0]}")
+    if args.affordance is not None:
+        try:
+            query = predictor.resolve_affordance(args.affordance)
+        except UnknownAffordanceError as e:
+            raise SystemExit(f"error: {e}") from e
+        heat = predictor.predict(rgb, affordance=query).maps[0]  # (H, W) in [0, 1]
+        tag = query.replace(" ", "_")
+        picture = hstack([add_label(shown, path.name), add_label(overlay(shown, heat), query)])
+        written.append(save_png(out_dir / f"{stem}_{tag}.png", picture))
+        np.save(out_dir / f"{stem}_{tag}.npy", heat.astype(np.float32))
+        written.append(out_dir / f"{stem}_{tag}.npy")
+        print(f"{path}: '{query}' heatmap -> {written[0]} (map: {written[1]})")
+        return written
+    result = predictor.predict(rgb, top_k=3)
+    maps, top = result.maps[0], result.top_k(3)[0]  # (3, H, W); [(name, p), ...]
+    names = [name for name, _ in top]
+    tiles = [add_label(shown, path.name)]
+    print(f"{path}: top-{len(names)} affordances")
+    for rank, ((name, p), m) in enumerate(zip(top, maps), start=1):
+        print(f"  {rank}. {name:<16} p = {p:.3f}")
+        tiles.append(add_label(overlay(shown, m), f"{rank}. {name} (p={p:.2f})"))
+    written.append(save_png(out_dir / f"{stem}_top{len(names)}.png", hstack(tiles)))
+    np.save(out_dir / f"{stem}_top{len(names)}.npy", maps.astype(np.float32))
+    (out_dir / f"{stem}_top{len(names)}.json").write_text(
+        json.dumps({"affordances": names, "probs": [p for _, p in top]}, indent=2) + "\n"
+    )
+    written += [out_dir / f"{stem}_top{len(names)}.npy", out_dir / f"{stem}_top{len(names)}.json"]
+    print(f"  picture: {written[0]}")
     return written
 
 
@@ -299,26 +279,36 @@ def _run(args: argparse.Namespace) -> int:
     from utils.engine.runtime import seed_everything, select_device
 
     # =============================================================================================== config
-    ckpt = None
+    ckpt, contents = None, None
     if args.checkpoint is not None:
-        from utils.engine.checkpoint import load_checkpoint
+        from utils.inference.loading import read_model_file
 
-        ckpt = load_checkpoint(args.checkpoint)  # fails early, naming the file, if it is missing or damaged
-    cfg = _load_config(args, ckpt)
+        # Fails early, naming the file, if it is missing, damaged, or neither our checkpoint nor a LOCATE state dict.
+        contents = read_model_file(args.checkpoint)
+        ckpt = contents[1] if contents[0] == "wsag" else None
+    if contents is not None and contents[0] == "locate":
+        from utils.config import load_config
+
+        cfg = load_config(args.config, args.overrides)  # a LOCATE file has no config: the architecture comes from here
+    else:
+        cfg = _load_config(args, ckpt)
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
 
     # ================================================================================================ model
-    model, class_names = None, None
-    if ckpt is not None:
-        from utils.engine.checkpoint import build_model_from_checkpoint, check_compatibility
+    model, class_names, model_split, epoch, kind = None, None, "", None, None
+    if contents is not None:
+        from utils.engine.checkpoint import check_compatibility
+        from utils.inference.loading import load_model
 
-        model, model_cfg, class_names = build_model_from_checkpoint(args.checkpoint, device, args.overrides)
-        if args.config is not None:
+        loaded = load_model(args.checkpoint, device, args.config, args.overrides, contents=contents)
+        model, class_names, model_split, epoch = loaded.model, loaded.class_names, loaded.split, loaded.epoch
+        kind = loaded.kind
+        if ckpt is not None and args.config is not None:
             check_compatibility(ckpt, cfg, class_names)  # the --config must describe the same model
         else:
-            cfg = model_cfg
-        del ckpt["model"]  # the weights are in the model now; keep the metadata only
+            cfg = loaded.cfg
+        contents = ckpt = None  # the weights are in the model now
 
     if args.image is not None:
         predict_image(args, model, cfg, class_names, device)
@@ -331,8 +321,8 @@ def _run(args: argparse.Namespace) -> int:
     _ensure_data(cfg)
     if args.split:
         splits = list(dict.fromkeys(args.split))
-    elif ckpt is not None and ckpt.get("split") in ("Seen", "Unseen"):
-        splits = [ckpt["split"]]
+    elif model_split in ("Seen", "Unseen"):
+        splits = [model_split]
     else:
         splits = list(cfg.data.splits)
     out_dir = _default_out(args, cfg)
@@ -345,7 +335,8 @@ def _run(args: argparse.Namespace) -> int:
 
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
-        "checkpoint_epoch": ckpt.get("epoch") if ckpt is not None else None,
+        "checkpoint_epoch": epoch,
+        "checkpoint_kind": kind,  # "wsag" (train.py), "locate" (a LOCATE state dict) or None (a baseline)
         "baseline": args.baseline,
         "protocol": f"SPEC §2: bilinear to {cfg.data.eval_size}x{cfg.data.eval_size}, min-max, plain means",
         "results": {},
@@ -360,7 +351,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         if model is not None:
             predict_fn = model_predict_fn(model, cfg.data.eval_size)
-            what = f"{Path(args.checkpoint).name} ({ckpt.get('split') or '?'} model)"
+            what = f"{Path(args.checkpoint).name} ({model_split or '?'} model)"
         else:
             predict_fn = build_baseline(args.baseline)
             what = f"{args.baseline} baseline"
