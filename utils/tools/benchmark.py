@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=4, help="data.views of the cached setting of --schedule (usual: 4)")
     p.add_argument("--schedule-steps", type=int, default=4, help="timed uncached training steps of --schedule")
     p.add_argument(
+        "--schedule-exo", type=int, default=12, help="exocentric JPEGs per folder (16 folders) of --schedule's tree"
+    )
+    p.add_argument(
         "--locate-json",
         default=None,
         metavar="PATH",
@@ -272,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedule:
         from utils.tools.schedule import measure_schedule, schedule_times
 
-        rates = measure_schedule(cfg, device, steps=args.schedule_steps, views=args.views)
+        rates = measure_schedule(
+            cfg, device, steps=args.schedule_steps, views=args.views, exo_per_folder=args.schedule_exo
+        )
         report["schedule_rates"] = rates
         report["schedule"] = schedule_times(rates, policy_column["evaluation_images_per_s"], args.views, locate=locate)
     report["peak_memory_mib"] = peak_memory_mb(device)
@@ -294,7 +299,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read_locate(path: str) -> dict[str, float]:
     """LOCATE's rates from the JSON of a timing of its public code (see ``--locate-json``)."""
-    data = json.loads(Path(path).read_text())
+    try:
+        return _read_locate_dict(json.loads(Path(path).read_text()))
+    except ValueError as e:
+        raise ValueError(f"--locate-json {path}: {e}") from e
+
+
+def _read_locate_dict(data: dict[str, Any]) -> dict[str, float]:
     try:
         return {
             "train_samples_per_s": float(data["train_step"]["samples_per_s"]),
@@ -303,8 +314,8 @@ def _read_locate(path: str) -> dict[str, float]:
         }
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
-            f"--locate-json {path}: expected train_step.samples_per_s, test_forward_b16.images_per_s and "
-            f"test_forward_b1.images_per_s, found keys {sorted(data)} ({e})"
+            "expected train_step.samples_per_s, test_forward_b16.images_per_s and test_forward_b1.images_per_s, "
+            f"found keys {sorted(data)} ({e!r})"
         ) from e
 
 
