@@ -11,7 +11,7 @@ then
     LOCATE      = epochs x (training samples / its training samples/s + test images / its batch-1 test images/s)
 
 LOCATE's rates are measured by running its public code next to ours (``--locate-json``: the JSON of a timing of its
-``Net.forward`` + losses + SGD step at batch 16 and ``Net.test_forward`` at batch 1, with ``.cuda()`` made a no-op;
+``Net.forward`` + losses + SGD step at batch 16 and ``Net.test_forward`` at batch 1, with its CUDA calls made no-ops;
 docs/benchmarks.md says how); its loader is not counted, which only favours it.
 """
 
