@@ -88,3 +88,15 @@ def test_setup_logging_writes_a_file_and_does_not_duplicate_handlers(tmp_path):
         h.flush()
     assert "hello file" in (tmp_path / "train.log").read_text()
     setup_logging(None)
+
+
+def test_compile_parts_compiles_the_fixed_shape_parts_and_keeps_the_state_dict(make_grounder) -> None:
+    from utils.engine.runtime import COMPILED_PARTS, compile_parts
+
+    model = make_grounder()
+    keys = list(model.state_dict())
+    assert compile_parts(model) is model
+    assert list(model.state_dict()) == keys  # checkpoints written from a compiled run load anywhere
+    for name in COMPILED_PARTS:
+        assert getattr(model, name)._compiled_call_impl is not None, name
+    assert model.parts._compiled_call_impl is None  # the k-means stays eager

@@ -361,6 +361,11 @@ class TrainConfig:
         "and BiT-Align's get_optimizer do (they never change). Same groups for LOCATE's model.",
         ("ours", "published"),
     )
+    compile: bool = _f(
+        False,
+        "torch.compile the backbone and the heads (the fixed-shape parts; the part selection stays eager). Pays on "
+        "GPUs; on CPUs the first steps spend minutes compiling. docs/benchmarks.md measures it.",
+    )
     cudnn_deterministic: bool = _f(
         False,
         "Use deterministic cuDNN convolution algorithms (as LOCATE's set_seed does); slower, and it only changes "

@@ -72,7 +72,7 @@ def train_split(
     from utils.engine.logs import JsonlLog, make_writer, write_json
     from utils.engine.optim import build_optimizer, build_scheduler
     from utils.engine.runs import eval_due
-    from utils.engine.runtime import environment_info, resolve_amp_dtype, seed_everything
+    from utils.engine.runtime import compile_parts, environment_info, resolve_amp_dtype, seed_everything
     from utils.engine.trainer import train_one_epoch
     from utils.evaluation.split_report import evaluate_model, final_report
 
@@ -99,6 +99,8 @@ def train_split(
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     model = build_model(cfg, class_names).to(device)
+    if cfg.train.compile:
+        compile_parts(model)
     train_model = wrap_ddp(model, device)
     amp_dtype = resolve_amp_dtype(cfg.train.amp, device)
     logger.info("device %s, autocast %s", device, amp_dtype or "off (fp32)")

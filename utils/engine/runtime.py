@@ -15,7 +15,10 @@ import numpy as np
 import torch
 
 __all__ = [
+    "COMPILED_PARTS",
+    "LOG_FORMAT",
     "amp_context",
+    "compile_parts",
     "cpu_has_native_bf16",
     "environment_info",
     "resolve_amp_dtype",
@@ -173,3 +176,20 @@ def amp_context(device: torch.device, dtype: torch.dtype | None) -> Iterator[Non
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+#: The parts of a grounder that run on fixed shapes, which torch.compile can fuse without recompiling.
+COMPILED_PARTS = ("backbone", "aff_proj", "aff_exo_proj", "aff_ego_proj", "aff_fc")
+
+
+def compile_parts(model: torch.nn.Module) -> torch.nn.Module:
+    """Compile the fixed-shape parts of a grounder in place (``nn.Module.compile``: state-dict names unchanged).
+
+    The part selection (k-means with data-dependent stopping, per-class banks) is left eager: compiling it recompiles
+    for nearly every batch. Returns ``model``.
+    """
+    for name in COMPILED_PARTS:
+        part = getattr(model, name, None)
+        if part is not None:
+            part.compile()
+    return model
