@@ -10,7 +10,7 @@ Usage::
     python test.py --checkpoint best_aff_seen.pth --config configs/locate_dino-vits16_agd20k-seen.yaml \
         data.root=/data/AGD20K                                             # a released LOCATE state dict
 
-The evaluation follows SPEC §2 (the published protocol): each prediction is upsampled (bilinear) to the GT size
+The evaluation follows the published protocol (docs/protocol.md): each prediction is upsampled (bilinear) to the GT size
 (``data.eval_size``, 224), min-max normalised, and scored against the GT; the numbers are plain means over the
 test images, reported overall, per affordance and per object in ``<out>/metrics.json``.
 """
@@ -39,7 +39,7 @@ class ImageInputError(ValueError):
 
 
 _DESCRIPTION = """\
-Evaluate an affordance grounder or a baseline on the test split(s) (KLD, SIM, NSS; SPEC §2), or predict the
+Evaluate an affordance grounder or a baseline on the test split(s) (KLD, SIM, NSS; docs/protocol.md), or predict the
 heatmap of one image. Data options come from --config and section.key=value overrides; the model is rebuilt from
 the configuration stored in the checkpoint."""
 
@@ -338,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
         "checkpoint_epoch": epoch,
         "checkpoint_kind": kind,  # "wsag" (train.py), "locate" (a LOCATE state dict) or None (a baseline)
         "baseline": args.baseline,
-        "protocol": f"SPEC §2: bilinear to {cfg.data.eval_size}x{cfg.data.eval_size}, min-max, plain means",
+        "protocol": f"docs/protocol.md: bilinear to {cfg.data.eval_size}x{cfg.data.eval_size}, min-max, plain means",
         "results": {},
         "config": config_to_dict(cfg),
     }

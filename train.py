@@ -68,7 +68,7 @@ def _log_proof_targets(results: dict[str, Any]) -> None:
         if failed is None:
             continue
         logger.info(
-            "%s offline-proof targets (README, Results): %s",
+            "%s offline-proof targets (docs/offline_proof.md): %s",
             row.split,
             "met" if not failed else "NOT met: " + "; ".join(failed),
         )

@@ -286,7 +286,7 @@ def read_mask(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
 
 
 def resize_gt(gt: np.ndarray, size: int) -> np.ndarray:
-    """Resize a GT map in [0, 1] to size x size exactly as the published protocol does (SPEC §2), in float64.
+    """Resize a GT map in [0, 1] to size x size exactly as the published protocol does (docs/protocol.md), in float64.
 
     The published code divides the uint8 PNG by 255 in float64 and calls ``cv2.resize`` (bilinear) on it, and
     scores the float64 result; so do we (the clip to [0, 1] changes nothing: bilinear weights are convex).
@@ -386,7 +386,7 @@ def to_tensor(img: np.ndarray, size: int | tuple[int, int] | None = None, backen
 def train_transform(
     img: np.ndarray, resize_size: int, crop_size: int, rng: np.random.Generator, backend: str = "opencv"
 ) -> torch.Tensor:
-    """Train transform (SPEC §1): shorter side to ``resize_size``, random crop, random flip, normalise."""
+    """Train transform (LOCATE's): shorter side to ``resize_size``, random crop, random flip, normalise."""
     if crop_size > resize_size:
         raise ValueError(f"crop_size ({crop_size}) must not exceed resize_size ({resize_size}).")
     img = resize_shorter(img, resize_size, backend)

@@ -12,7 +12,7 @@ L = CE_ego + mean_n CE_exo + λ_proto · L_proto + λ_conc · L_conc (+ λ_contr
   egocentric images: the share of the label map's spatial distribution that lies on the outermost ring of patches.
 - :func:`separation_loss` (ours, not in LOCATE): the maps of the classes an egocentric image is predicted to afford
   should cover different places. LOCATE's maps for "hold" and "cut_with" on a knife come out nearly the same, because
-  nothing in its losses tells them apart (SPEC §4); this term penalises their overlap.
+  nothing in its losses tells them apart; this term penalises their overlap.
 
 Every function disables autocast and casts to float32, and every division that a zero mask can reach is guarded.
 """

@@ -213,7 +213,7 @@ def test_test_item_and_gt_protocol(world):
     assert float(item["gt"].min()) >= 0.0 and float(item["gt"].max()) <= 1.0
     assert item["label"] == ds.class_names.index(item["affordance"])
     gt_png = Path(item["path"].replace("/testset/egocentric/", "/testset/GT/")).with_suffix(".png")
-    reference = cv2.resize(cv2.imread(str(gt_png), cv2.IMREAD_GRAYSCALE) / 255.0, (40, 40))  # SPEC §2
+    reference = cv2.resize(cv2.imread(str(gt_png), cv2.IMREAD_GRAYSCALE) / 255.0, (40, 40))  # docs/protocol.md
     np.testing.assert_allclose(item["gt"].numpy(), reference, atol=1e-6)
     for key in ("object_mask", "part_mask"):
         assert item[key].shape == (40, 40) and set(item[key].unique().tolist()) <= {0.0, 1.0}

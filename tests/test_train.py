@@ -64,7 +64,7 @@ def test_two_step_run_writes_every_output(finished_run: Path) -> None:
     assert last["KLD"] == pytest.approx(lines[0]["eval_KLD"])
     assert set(report["baselines"]) == {"center", "object"} and report["baselines"]["center"]["num_images"] == 28
     # with the centre and object baselines the log says whether the offline proof's targets hold (a 2-step run: no)
-    assert "Seen offline-proof targets (README, Results): NOT met: " in (run / "train.log").read_text()
+    assert "Seen offline-proof targets (docs/offline_proof.md): NOT met: " in (run / "train.log").read_text()
     assert report["images"] == 28 and "cut_with" in report["per_affordance"]
     env = report["environment"]  # what the numbers depend on besides the configuration
     assert env["precision"] in ("fp32", "bf16") and env["device"] == "cpu" and env["torch"] == torch.__version__
@@ -298,7 +298,7 @@ def test_training_evaluation_scores_a_checkpoint_exactly_as_test_py_does(
     script, tiny_world: Path, tmp_path: Path
 ) -> None:
     # Inputs of 32 pixels, protocol size 48: the map must go from the patch grid straight to 48 in both places
-    # (SPEC §2), not through 32 first, or the same checkpoint gets two different numbers.
+    # (docs/protocol.md), not through 32 first, or the same checkpoint gets two different numbers.
     out = tmp_path / "run"
     assert train.main(tiny(tiny_world, out, "data.eval_size=48")) == 0
     reported = json.loads((out / "Seen" / "metrics.json").read_text())["model"]["last_epoch"]

@@ -11,7 +11,7 @@ def normalize_minmax(x: torch.Tensor, dims: int = 2, eps: float = 1e-12) -> torc
     """Min-max normalise each map to [0, 1] over its last ``dims`` dimensions.
 
     This is the one normalisation of the repository (STYLE rule 7): the model's ``gt_aff_cam`` and
-    ``gt_ego_cam``, the evaluation protocol (SPEC §2), the concentration loss and the pictures all call it.
+    ``gt_ego_cam``, the evaluation protocol (docs/protocol.md), the concentration loss and the pictures all call it.
 
     Args:
         x: tensor whose trailing ``dims`` dimensions form one map, e.g. (B, C, h, w) with ``dims=2``.

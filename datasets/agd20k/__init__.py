@@ -1,6 +1,6 @@
 """AGD20K loaders (and any dataset in its layout, such as the synthetic world), plus a dataset checker.
 
-Layout (SPEC §1)::
+Layout (as AGD20K is distributed)::
 
     <root>/<Seen|Unseen>/trainset/exocentric/<affordance>/<object>/<name>.jpg
     <root>/<Seen|Unseen>/trainset/egocentric/<affordance>/<object>/<name>.jpg

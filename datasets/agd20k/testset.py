@@ -1,4 +1,4 @@
-"""The AGD20K test set: egocentric test images with their GT maps, under the published protocol (SPEC §2)."""
+"""The AGD20K test set: egocentric test images with their GT maps, under the published protocol (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class AGD20KTest(Dataset):
-    """Egocentric test images that have a GT map (SPEC §2 protocol: GT PNG / 255, bilinear to ``eval_size``).
+    """Egocentric test images that have a GT map (docs/protocol.md: GT PNG / 255, bilinear to ``eval_size``).
 
     Test images without GT are counted in ``missing_gt`` and logged, never silently dropped.
 

@@ -76,8 +76,8 @@ class SyntheticConfig:
 class DataConfig:
     root: str = _f(
         "data/AGD20K",
-        "Dataset root holding Seen/ and Unseen/ (AGD20K layout, see README). For the synthetic world: where it is "
-        "generated and cached.",
+        "Dataset root holding Seen/ and Unseen/ in AGD20K's layout (python -m datasets.agd20k ROOT checks it). For "
+        "the synthetic world: where it is generated and cached.",
     )
     splits: list[str] = _f(
         ["Seen"],

@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that ``torch.load(...,
 weights_only=True)`` reads it without unpickling arbitrary objects (the published code ``torch.load``s full
-pickles, SPEC §4). It holds:
+pickles). It holds:
 
 - ``model``: the state dict of the trainable weights and buffers. Entries under ``Grounder.frozen_prefixes()``
   (the frozen pretrained backbone) are *named*, not stored (``frozen`` records their source), unless

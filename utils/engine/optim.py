@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the published LOCATE recipe (SPEC §3).
+"""Optimiser and learning-rate schedule of the published LOCATE recipe (docs/deviations.md).
 
 Parameter groups follow LOCATE's ``get_optimizer``: ordinary weights train at the base learning rate, biases at
 twice it, and every parameter whose name contains ``fc`` (the adapter MLP's ``aff_proj.fc1`` / ``aff_proj.fc2`` and

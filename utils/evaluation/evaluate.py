@@ -1,4 +1,4 @@
-"""The evaluation loop of SPEC §2: predictions for a test set, KLD/SIM/NSS per image, means, pictures, a table.
+"""The evaluation loop (docs/protocol.md): predictions for a test set, KLD/SIM/NSS per image, means, pictures, a table.
 
 Anything that maps a test batch to heatmaps is evaluated the same way, a trained model as well as a baseline
 (``utils.evaluation.baselines``)::
@@ -217,8 +217,8 @@ class EvalResult:
 
 
 def model_predict_fn(model: Any, eval_size: int) -> PredictFn:
-    """The protocol's prediction of a grounder (SPEC §2), for :func:`evaluate`: the label channel of its map on the
-    patch grid, bilinear *straight* to ``eval_size`` × ``eval_size``, min-max normalised.
+    """The protocol's prediction of a grounder, for :func:`evaluate`: the label channel of its map on the patch grid,
+    bilinear *straight* to ``eval_size`` × ``eval_size``, min-max normalised.
 
     Training-time evaluation and ``test.py`` both use it, so that a checkpoint scores the same in both. Going
     through the network's input size first (two bilinear passes) is not the protocol: it smooths the map, and on the
@@ -289,7 +289,7 @@ def evaluate(
     desc: str = "evaluate",
     metric_threads: int | None = 1,
 ) -> EvalResult:
-    """Run ``predict_fn`` over a test set and score every image with KLD, SIM and NSS (SPEC §2).
+    """Run ``predict_fn`` over a test set and score every image with KLD, SIM and NSS (docs/protocol.md).
 
     Args:
         predict_fn: ``predict_fn(batch) -> (B, h, w)`` heatmaps, one per image for its label, at any resolution
@@ -460,7 +460,7 @@ def format_table(summary: dict[str, Any], per_object: bool = False, title: str =
     for section, key in [("affordance", "per_affordance"), ("object", "per_object")][: 2 if per_object else 1]:
         lines += [rule, f"per {section}:"]
         lines += [row(name, d, d["count"]) for name, d in summary.get(key, {}).items()]
-    lines += [rule, "KLD: lower is better; SIM, NSS: higher is better (SPEC §2, plain means over images)."]
+    lines += [rule, "KLD: lower is better; SIM, NSS: higher is better (docs/protocol.md, plain means over images)."]
     return "\n".join(lines)
 
 

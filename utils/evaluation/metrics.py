@@ -1,4 +1,4 @@
-"""Affordance-grounding metrics KLD, SIM and NSS (SPEC §2), batched and in float64.
+"""Affordance-grounding metrics KLD, SIM and NSS (docs/protocol.md), batched and in float64.
 
 The formulas are those of the evaluation code published with Cross-View-AG (CVPR 2022) and LOCATE (CVPR 2023),
 so that our numbers can be compared with their tables to 1e-6; the code is vectorised over images and pixels

@@ -46,7 +46,7 @@ def model_report(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def evaluate_model(
     model: nn.Module, test_set: Dataset, cfg: Config, device: torch.device, desc: str = "evaluate"
 ) -> dict[str, Any]:
-    """Score the model's maps for each test image's label with KLD / SIM / NSS (utils.evaluation.evaluate, SPEC §2).
+    """Score the model's maps for each test image's label with KLD / SIM / NSS (docs/protocol.md).
 
     Returns:
         ``{"metrics": {"KLD", "SIM", "NSS"}, "result": utils.evaluation.EvalResult}``.

@@ -7,7 +7,7 @@
 Each argument is a run folder written by ``train.py`` (it reads ``<run>/metrics.json``). A row is one (run, split):
 the honest last-epoch KLD / SIM / NSS, the test-selected best epoch's KLD (labelled), and the centre-prior and
 object-mask baselines that the same run evaluated. With targets on (the default), each row also says whether the
-offline proof's bars (issue 8) hold for it:
+offline proof's bars (docs/offline_proof.md) hold for it:
 
 - Seen: KLD at least 40 % below the centre prior, KLD below the object mask, SIM above both;
 - Unseen: KLD at least 25 % below the centre prior, KLD below the object mask.
@@ -15,8 +15,8 @@ offline proof's bars (issue 8) hold for it:
 With ``--over-seeds``, runs whose saved configurations (``<run>/config.yaml``) differ only in the training seed
 (``seed``) and the output folder (``output.*``) form one group, and a second table gives each group's mean over its
 runs, checks the bars on the means, and counts the runs that beat the object mask on their own. On the synthetic
-world, runs of the same recipe differ by up to 0.06 (Seen) and 0.21 (Unseen) KLD with the training seed alone (README,
-"How much of this is noise"), so a change is judged on these means, not on one run.
+world, runs of the same recipe differ by up to 0.06 (Seen) and 0.21 (Unseen) KLD with the training seed alone
+(docs/offline_proof.md), so a change is judged on these means, not on one run.
 
 Nothing here trains or evaluates; it only reads JSON and YAML, so it is safe to run on any machine.
 """

@@ -44,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Same values as datasets.agd20k.IMAGENET_MEAN / IMAGENET_STD (SPEC §1); repeated here so that the picture code
+# Same values as datasets.agd20k.IMAGENET_MEAN / IMAGENET_STD; repeated here so that the picture code
 # imports nothing from the data package.
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -3,7 +3,7 @@
 - :func:`class_activation_map` and :class:`CAM`: the original CAM of Zhou et al., "Learning Deep Features for
   Discriminative Localization", CVPR 2016. For a network that ends in global average pooling (GAP) and a linear
   classifier, ``CAM_c(x, y) = sum_k w_k^c f_k(x, y)`` and the class score is ``mean_xy CAM_c(x, y) + b_c``. Our
-  grounder's ``ego_pred`` is exactly this map for ``aff_fc`` (SPEC §3).
+  grounder's ``ego_pred`` is exactly this map for ``aff_fc``.
 - :func:`explain` and :data:`METHODS`: gradient and perturbation CAMs (Grad-CAM, Grad-CAM++, Score-CAM, XGrad-CAM,
   Eigen-CAM, Layer-CAM, HiResCAM) from the ``grad-cam`` package (``pytorch_grad_cam``); they are not re-implemented
   here. :func:`vit_reshape_transform` turns ViT tokens into a grid for them without hard-coding 14x14: it strips
