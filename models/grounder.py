@@ -38,6 +38,7 @@ from models.gating import TextGate
 from models.heads import AffordanceAdapter, AttentionPool2d, GlobalAveragePool
 from models.outputs import EgoOutput, Features, GrounderOutput, Prediction
 from models.parts import PartSelector
+from models.queries import Labels, resolve_queries
 from models.saliency import Saliency
 from models.text import TextEncoder
 from utils.maps import normalize_minmax
@@ -45,8 +46,6 @@ from utils.maps import normalize_minmax
 __all__ = ["Grounder"]
 
 logger = logging.getLogger(__name__)
-
-Labels = torch.Tensor | Sequence[str] | Sequence[int]
 
 
 class Grounder(nn.Module):
@@ -290,52 +289,10 @@ class Grounder(nn.Module):
     def resolve_labels(
         self, labels: Labels, b: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Map a query to (class index (b,), mixture weights (b, C) or None, condition text (b, D) or None).
-
-        A class name (case-, space- and underscore-insensitive) or index selects its channel; with a text encoder
-        any other phrase is encoded and its map is the mixture of the class maps weighted by
-        softmax(logit scale · cos(phrase, class text)).
-        """
-        if isinstance(labels, str):
-            raise TypeError("Grounder.predict: labels must be a list of names (one per image), not a single string")
-        if isinstance(labels, torch.Tensor) or (
-            isinstance(labels, list | tuple) and labels and all(isinstance(x, int) for x in labels)
-        ):
-            idx = torch.as_tensor(labels, device=device).long().view(-1)
-            phrases: list[str] | None = None
-        else:
-            labels = list(labels)
-            if not all(isinstance(x, str) for x in labels):
-                raise TypeError("Grounder.predict: labels must be a LongTensor, a list of ints or a list of strings")
-            known = [self._class_index.get(phrase_key(x)) for x in labels]
-            unknown = [x for x, k in zip(labels, known) if k is None]
-            if unknown and self.text is None:
-                raise ValueError(
-                    f"Grounder.predict: unknown affordance(s) {unknown}; without a text encoder only the class names "
-                    f"work: {self.class_names}"
-                )
-            idx = torch.tensor([k if k is not None else -1 for k in known], device=device, dtype=torch.long)
-            phrases = labels if unknown else None
-        if idx.shape[0] != b:
-            raise ValueError(f"Grounder.predict: expected {b} labels (one per image), got {idx.shape[0]}")
-        if phrases is None and bool(((idx < 0) | (idx >= self.num_classes)).any()):
-            raise ValueError(f"Grounder.predict: label indices must be in [0, {self.num_classes}), got {idx.tolist()}")
-
-        if self.text is None:
-            return idx, None, None
-        class_text = self.text.class_features()  # (C, D)
-        cond = class_text[idx.clamp_min(0)]  # (b, D)
-        weights = None
-        if phrases is not None:
-            is_phrase = idx < 0
-            rows = torch.nonzero(is_phrase).flatten()
-            phrase_text = self.text([phrases[i] for i in rows.tolist()]).to(cond.dtype)  # (p, D)
-            cond = cond.index_copy(0, rows, phrase_text)
-            sim = F.normalize(cond.float(), dim=-1) @ F.normalize(class_text.float(), dim=-1).t()  # (b, C)
-            soft = (self.scale() * sim).softmax(dim=-1)
-            hard = F.one_hot(idx.clamp_min(0), self.num_classes).float()
-            weights = torch.where(is_phrase.unsqueeze(1), soft, hard)
-        return idx, weights, cond
+        """(class index (b,), mixture weights (b, C) or None, condition text (b, D) or None) of a query: see
+        :func:`models.queries.resolve_queries`."""
+        scale = self.scale() if self.text is not None else None
+        return resolve_queries(labels, b, device, self.class_names, self._class_index, self.text, scale)
 
     def _postprocess(self, maps: torch.Tensor, ego_pred: torch.Tensor) -> torch.Tensor:
         """(b, c, h, w) heatmaps on the patch grid after the prediction post-process (if any)."""
