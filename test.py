@@ -331,7 +331,8 @@ def _run(args: argparse.Namespace) -> int:
     # ============================================================================================= evaluate
     from utils.config import config_to_dict
     from utils.evaluation.baselines import build_baseline
-    from utils.evaluation.evaluate import evaluate, format_table, model_predict_fn, write_pictures
+    from utils.evaluation.evaluate import evaluate, format_table, model_predict_fn
+    from utils.evaluation.pictures import write_pictures
 
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from utils.evaluation.evaluate import EvalResult, Evaluator, evaluate, format_table, write_pictures
+from utils.evaluation.evaluate import EvalResult, Evaluator, evaluate, format_table
 from utils.evaluation.metrics import compute_metrics, prepare_prediction
+from utils.evaluation.pictures import write_pictures
 
 
 class TinyTestSet(Dataset):
@@ -188,7 +189,7 @@ def test_write_pictures(tmp_path) -> None:
 
 
 def test_benchmark_runs_on_agd20k_like_maps(capsys) -> None:
-    from utils.evaluation.evaluate import _RandomTestSet, benchmark_metrics, main
+    from utils.tools.metrics_benchmark import _RandomTestSet, benchmark_metrics, main
 
     data = _RandomTestSet(6, 32)
     gt = data.gt
@@ -196,5 +197,5 @@ def test_benchmark_runs_on_agd20k_like_maps(capsys) -> None:
     assert torch.equal(gt, torch.round(gt * 255) / 255)  # 8-bit levels
     result = benchmark_metrics(num_images=6, size=32, grid=4, batch_size=4)
     assert result.summary["num_images"] == 6 and result.metric_seconds > 0
-    assert main(["--benchmark", "--images", "4", "--size", "16", "--repeats", "1"]) == 0
+    assert main(["--images", "4", "--size", "16", "--repeats", "1"]) == 0
     assert "metric time for 4 images at 16x16" in capsys.readouterr().out

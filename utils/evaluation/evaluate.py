@@ -5,7 +5,7 @@ Anything that maps a test batch to heatmaps is evaluated the same way, a trained
 
     result = evaluate(model_predict_fn(model, eval_size=224), test_set)
     print(format_table(result.summary))
-    write_pictures(result, test_set, "runs/x/pictures", n=8)
+    write_pictures(result, test_set, "runs/x/pictures", n=8)   # utils.evaluation.pictures
 
 Per image, the prediction is upsampled (bilinear) to the GT size and min-max normalised
 (``utils.evaluation.metrics.prepare_prediction``), then scored against the GT
@@ -22,10 +22,8 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -39,10 +37,10 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "ImageRecord",
+    "PredictFn",
     "evaluate",
     "format_table",
     "model_predict_fn",
-    "write_pictures",
 ]
 
 logger = logging.getLogger(__name__)
@@ -462,166 +460,3 @@ def format_table(summary: dict[str, Any], per_object: bool = False, title: str =
         lines += [row(name, d, d["count"]) for name, d in summary.get(key, {}).items()]
     lines += [rule, "KLD: lower is better; SIM, NSS: higher is better (docs/protocol.md, plain means over images)."]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------- pictures
-def _spread(n: int, total: int) -> list[int]:
-    """n positions spread evenly over range(total) (all of them when n >= total)."""
-    if n >= total:
-        return list(range(total))
-    return sorted({round(x) for x in np.linspace(0, total - 1, n)})
-
-
-def _stack_rows(rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Pad labelled tiles at the bottom (white) so that every tile has the same height."""
-    h = max(t.shape[0] for row in rows for t in row)
-    return [[np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0)), constant_values=255) for t in row] for row in rows]
-
-
-def write_pictures(
-    result: EvalResult,
-    dataset: Dataset,
-    out_dir: str | Path,
-    n: int = 8,
-    n_extremes: int = 6,
-    tile: int = 192,
-) -> list[Path]:
-    """Write N triptychs (image | prediction overlay | GT overlay) and a grid of the worst and best images by KLD.
-
-    Each triptych is titled with the affordance, the object and the image's KLD, SIM and NSS. The triptych images
-    are spread evenly over the dataset (which is ordered by affordance and object), so they cover many classes.
-
-    Args:
-        result: what :func:`evaluate` returned on ``dataset`` (with ``keep_size`` not None).
-        dataset: the evaluated test set (images and GT maps are read again from it).
-        out_dir: folder for ``triptych_<index>_<affordance>_<object>.png`` and ``worst_best_kld.png``.
-        n: number of triptychs (0: none).
-        n_extremes: images in each of the worst and best rows of the grid (0: no grid).
-        tile: side of each picture tile in pixels.
-
-    Returns:
-        The paths written.
-    """
-    import cv2  # pictures only: the metric path does not need OpenCV
-
-    from utils.viz.draw import add_label, make_grid, overlay, save_png, to_uint8_image
-
-    if result.maps is None:
-        raise ValueError("write_pictures: the result kept no maps; run evaluate(..., keep_size=112) to draw them")
-    if len(result.records) != len(result.maps):
-        raise ValueError(f"write_pictures: {len(result.records)} records but {len(result.maps)} kept maps")
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-
-    def tiles_for(pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, ImageRecord]:
-        rec = result.records[pos]
-        item = dataset[rec.index]
-        image = item["image"]  # (3, S, S) normalised
-        base = cv2.resize(to_uint8_image(image), (tile, tile), interpolation=cv2.INTER_AREA)  # (tile, tile, 3)
-        pred = result.maps[pos].float() / 255.0  # (k, k)
-        gt = torch.as_tensor(item["gt"]).float().clamp(0, 1)  # (E, E)
-        return base, overlay(base, pred), overlay(base, gt), rec
-
-    for pos in _spread(n, len(result.records)) if n > 0 else []:
-        base, pred_ov, gt_ov, rec = tiles_for(pos)
-        row = _stack_rows([[add_label(base, "image"), add_label(pred_ov, "prediction"), add_label(gt_ov, "GT")]])
-        title = f"{rec.affordance} / {rec.object}   KLD {rec.kld:.3f}  SIM {rec.sim:.3f}  NSS {rec.nss:.3f}"
-        picture = add_label(make_grid(row), title)
-        written.append(save_png(out_dir / f"triptych_{rec.index:05d}_{rec.affordance}_{rec.object}.png", picture))
-
-    k = min(n_extremes, len(result.records) // 2) if n_extremes > 0 else 0
-    if k > 0:
-        order = sorted(range(len(result.records)), key=lambda i: result.records[i].kld)
-        groups = {"worst": order[::-1][:k], "best": order[:k]}
-        rows, labels = [], []
-        for name, positions in groups.items():
-            pred_row, gt_row = [], []
-            for pos in positions:
-                _, pred_ov, gt_ov, rec = tiles_for(pos)
-                pred_row.append(add_label(pred_ov, f"{rec.affordance}/{rec.object}\nKLD {rec.kld:.3f}"))
-                gt_row.append(add_label(gt_ov, f"SIM {rec.sim:.3f} NSS {rec.nss:.3f}"))
-            rows += [pred_row, gt_row]
-            labels += [f"{name}: prediction", f"{name}: GT"]
-        picture = add_label(make_grid(_stack_rows(rows), row_labels=labels), f"worst and best {k} images by KLD")
-        written.append(save_png(out_dir / "worst_best_kld.png", picture))
-    logger.info("wrote %d picture(s) to %s", len(written), out_dir)
-    return written
-
-
-# -------------------------------------------------------------------------------------------------- benchmark
-class _RandomTestSet(Dataset):
-    """In-memory test items with AGD20K-like GT maps, for timing the metric path alone.
-
-    Each GT is a few Gaussian blobs around random points (as AGD20K's are made from annotated points), scaled to a
-    maximum of 1 and quantised to 8 bits as a PNG would be, so it is mostly zero with smooth blobs.
-    """
-
-    def __init__(self, n: int, size: int, seed: int = 0, max_points: int = 5) -> None:
-        g = torch.Generator().manual_seed(seed)
-        points = torch.rand(n, max_points, 2, generator=g) * size  # (n, P, 2) (y, x)
-        used = torch.arange(max_points) < torch.randint(1, max_points + 1, (n, 1), generator=g)  # (n, P)
-        sigma = size * (0.03 + 0.06 * torch.rand(n, max_points, generator=g))  # (n, P) 7-20 px at 224
-        coords = torch.arange(size, dtype=torch.float32)
-        dy = (coords[None, None, :] - points[..., 0:1]) ** 2  # (n, P, size)
-        dx = (coords[None, None, :] - points[..., 1:2]) ** 2
-        two_var = 2 * sigma[..., None] ** 2  # (n, P, 1)
-        self.gt = torch.zeros(n, size, size)
-        for i in range(max_points):  # a few blobs: each a separable Gaussian, batched over images
-            blob = torch.exp(-dy[:, i, :, None] / two_var[:, i, :, None]) * torch.exp(
-                -dx[:, i, None, :] / two_var[:, i, :, None]
-            )
-            self.gt += blob * used[:, i, None, None]
-        self.gt /= self.gt.flatten(1).amax(dim=1)[:, None, None]
-        self.gt = torch.round(self.gt * 255) / 255  # 8-bit PNG levels: the tails become exact zeros
-
-    def __len__(self) -> int:
-        return len(self.gt)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"gt": self.gt[i], "label": 0, "affordance": "a", "object": "o", "path": f"{i}.png"}
-
-
-def benchmark_metrics(num_images: int = 1675, size: int = 224, grid: int = 14, batch_size: int = 32) -> EvalResult:
-    """Time :func:`evaluate` on random (grid x grid) predictions and AGD20K-like GT maps, model-free.
-
-    ``EvalResult.metric_seconds`` is the time of the protocol alone (upsampling, min-max, KLD, SIM, NSS), for
-    ``num_images`` images at ``size`` x ``size`` (the AGD20K Seen test set: 1,675 images at 224).
-    """
-    data = _RandomTestSet(num_images, size)
-    g = torch.Generator().manual_seed(1)
-    return evaluate(
-        lambda b: torch.rand(len(b["gt"]), grid, grid, generator=g),
-        data,
-        batch_size=batch_size,
-        progress=False,
-        keep_size=None,
-        desc="benchmark",
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m utils.evaluation.evaluate --benchmark``: print the metric time of a Seen-sized test set."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m utils.evaluation.evaluate", description="Time the evaluation protocol.")
-    p.add_argument("--benchmark", action="store_true", help="Time the metric path on random maps (no model).")
-    p.add_argument("--images", type=int, default=1675, help="Number of test images (AGD20K Seen: 1675).")
-    p.add_argument("--size", type=int, default=224, help="Evaluation size (the protocol: 224).")
-    p.add_argument("--grid", type=int, default=14, help="Side of the predicted maps before upsampling (ViT-S/16: 14).")
-    p.add_argument("--batch-size", type=int, default=32, help="Images per batch.")
-    p.add_argument("--repeats", type=int, default=3, help="Timed runs; the best is reported.")
-    args = p.parse_args(argv)
-    if not args.benchmark:
-        p.error("nothing to do: pass --benchmark")
-    runs = [benchmark_metrics(args.images, args.size, args.grid, args.batch_size) for _ in range(args.repeats)]
-    times = [r.metric_seconds for r in runs]
-    print(
-        f"metric time for {args.images} images at {args.size}x{args.size} (from {args.grid}x{args.grid} maps, batch "
-        f"{args.batch_size}, metrics on 1 thread): best {min(times):.3f} s, runs "
-        + ", ".join(f"{t:.3f}" for t in times)
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

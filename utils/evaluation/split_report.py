@@ -91,7 +91,8 @@ def final_report(
         epochs_done: epochs trained.
     """
     from utils.evaluation.baselines import build_baseline
-    from utils.evaluation.evaluate import evaluate, write_pictures
+    from utils.evaluation.evaluate import evaluate
+    from utils.evaluation.pictures import write_pictures
 
     if last is None:
         last = evaluate_model(model, test_set, cfg, device, desc="evaluate final")
