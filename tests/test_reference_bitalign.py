@@ -179,6 +179,8 @@ def test_our_defaults_differ_from_the_reference():
     assert ours.model.adapter_residual and not ref.model.adapter_residual
     assert (ours.model.backbone.pos_embed_resize, ref.model.backbone.pos_embed_resize) == ("timm", "dinov2")
     assert not ours.data.depth_root and ref.data.depth_root
+    assert (ours.model.kmeans, ref.model.kmeans) == ("kmeanspp", "locate")
+    assert (ours.train.param_groups, ref.train.param_groups) == ("ours", "published")
     unseen = load_config(REPO / "configs/reference/bitalign_unseen.yaml")
     assert unseen.data.splits == ["Unseen"] and unseen.model.bitalign == ref.model.bitalign
 
