@@ -61,6 +61,11 @@ def test_views_are_fixed_per_image_and_drawn_per_use(world: Path) -> None:
     b = train_set.view_rng(path, 1).integers(0, 10**9, 3)
     c = train_set.view_rng(path, 0).integers(0, 10**9, 3)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # data.view_seed draws other fixed views of the same image; the training seed does not change them.
+    _, _, other_views = _model_and_set(world, "data.view_seed=1")
+    _, _, other_seed = _model_and_set(world, "seed=5")
+    assert not np.array_equal(a, other_views.view_rng(path, 1).integers(0, 10**9, 3))
+    assert np.array_equal(a, other_seed.view_rng(path, 1).integers(0, 10**9, 3))
     # The same sample in two epochs uses the images' fixed views, not fresh crops: every exo image of the item is
     # one of the 2 views of its file.
     train_set.set_epoch(0)
