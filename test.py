@@ -209,7 +209,8 @@ def predict_image(args: argparse.Namespace, model: Any, cfg: Any, class_names: l
     import numpy as np
 
     from utils.inference.predictor import Predictor, UnknownAffordanceError
-    from utils.viz.draw import add_label, hstack, overlay, save_png
+    from utils.viz.draw import overlay, save_png
+    from utils.viz.layout import add_label, hstack
 
     out_dir = _default_out(args, cfg)
     path = Path(args.image)
@@ -331,8 +332,9 @@ def _run(args: argparse.Namespace) -> int:
     # ============================================================================================= evaluate
     from utils.config import config_to_dict
     from utils.evaluation.baselines import build_baseline
-    from utils.evaluation.evaluate import evaluate, format_table, model_predict_fn
+    from utils.evaluation.evaluate import evaluate, model_predict_fn
     from utils.evaluation.pictures import write_pictures
+    from utils.evaluation.scores import format_table
 
     report: dict[str, Any] = {
         "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,

@@ -77,7 +77,8 @@ def _log_proof_targets(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Train every split of the configuration; returns the process exit status (0)."""
     from utils.config import load_config, save_config
-    from utils.engine.checkpoint import load_checkpoint, remove_stale_temp_files
+    from utils.engine.atomic_files import remove_stale_temp_files
+    from utils.engine.checkpoint import load_checkpoint
     from utils.engine.distributed import barrier, broadcast_object, cleanup_distributed, init_distributed
     from utils.engine.fit import check_input_size, train_split
     from utils.engine.logs import write_json

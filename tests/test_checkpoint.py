@@ -1,4 +1,5 @@
-"""Checkpoint writing, safe loading, compatibility checks and RNG round trips (utils/engine/checkpoint.py)."""
+"""Checkpoint writing, safe loading, compatibility checks and RNG round trips (utils/engine/checkpoint.py,
+atomic_files.py and rng_state.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import utils.engine.atomic_files as atomic_mod
 import utils.engine.checkpoint as ckpt_mod
 from utils.config import Config, config_to_dict
 from utils.engine.checkpoint import (
@@ -19,14 +21,13 @@ from utils.engine.checkpoint import (
     CheckpointMismatchError,
     apply_overrides,
     check_compatibility,
-    get_rng_state,
     load_checkpoint,
     load_model_state,
     restore_training_state,
     save_checkpoint,
-    set_rng_state,
 )
 from utils.engine.optim import build_optimizer, build_scheduler
+from utils.engine.rng_state import get_rng_state, set_rng_state
 
 CLASSES = ["cut", "hold", "pour"]
 
@@ -158,10 +159,10 @@ def test_interrupted_write_keeps_previous_checkpoint(
         raise OSError("disk vanished")
 
     if target == "torch.save":
-        monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+        monkeypatch.setattr(atomic_mod.torch, "save", broken_save)
         expected = KeyboardInterrupt
     else:
-        monkeypatch.setattr(ckpt_mod.os, "replace", broken_replace)
+        monkeypatch.setattr(atomic_mod.os, "replace", broken_replace)
         expected = OSError
     with pytest.raises(expected):
         save_checkpoint(path, model=model, cfg=cfg, class_names=CLASSES, epoch=1, step=10)

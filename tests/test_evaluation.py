@@ -1,4 +1,5 @@
-"""The evaluation loop (utils.evaluation.evaluate): aggregation, the batched loop, errors, pictures, the table."""
+"""The evaluation loop (utils.evaluation.evaluate) and its aggregation (utils.evaluation.scores): the batched loop,
+errors, pictures, the table."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from utils.evaluation.evaluate import EvalResult, Evaluator, evaluate, format_table
+from utils.evaluation.evaluate import EvalResult, evaluate
 from utils.evaluation.metrics import compute_metrics, prepare_prediction
 from utils.evaluation.pictures import write_pictures
+from utils.evaluation.scores import Evaluator, format_table
 
 
 class TinyTestSet(Dataset):

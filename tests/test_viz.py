@@ -1,4 +1,5 @@
-"""Tests for utils.viz.draw: conversions, overlays, labels, grids, colour bars, PNG output and the model panel."""
+"""Tests for utils.viz.draw (conversions, overlays, PNG output), utils.viz.layout (labels, grids, colour bars) and
+the model panel."""
 
 from __future__ import annotations
 
@@ -7,17 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.viz.draw import (
-    add_label,
-    append_colorbar,
-    colorbar,
-    colorize,
-    make_grid,
-    overlay,
-    save_png,
-    to_uint8_image,
-    validate_cam,
-)
+from utils.viz.draw import colorize, overlay, save_png, to_uint8_image, validate_cam
+from utils.viz.layout import add_label, append_colorbar, colorbar, make_grid
 from utils.viz.panels import model_panel
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]

@@ -13,35 +13,26 @@ pickles). It holds:
 - ``rng``: the Python, numpy and torch (CPU and CUDA) random states, as tensors;
 - ``config`` (the resolved configuration dict), ``class_names``, ``split`` and ``extra`` (training history).
 
-Writes go to a temporary file in the destination folder, are flushed and fsynced, then ``os.replace``d over the
-destination, so that an interrupted write leaves the previous checkpoint intact. A write killed outright
-(SIGKILL, power loss) can leave a ``.<name>.<random>.tmp`` file beside it; loaders never read those (they end in
-``.tmp``, not ``.pth``) and :func:`remove_stale_temp_files` deletes them when a run resumes.
-
-For tests only, the environment variable ``WSAG_TEST_CHECKPOINT_WRITE_DELAY`` (seconds) makes every write pause
-between writing the temporary file and renaming it, so that a test can kill a process inside that window.
+Writes are atomic (:mod:`utils.engine.atomic_files`): an interrupted write leaves the previous checkpoint intact. The
+random states are captured and restored by :mod:`utils.engine.rng_state`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import random
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from models.state_dict import compare_state_dicts
 from utils.config import Config, config_to_dict, load_config
+from utils.engine.atomic_files import atomic_save
 from utils.engine.distributed import unwrap_model
+from utils.engine.rng_state import get_rng_state, set_rng_state
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,16 +40,12 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "apply_overrides",
-    "atomic_save",
     "build_model_from_checkpoint",
     "check_compatibility",
-    "get_rng_state",
     "load_checkpoint",
     "load_model_state",
-    "remove_stale_temp_files",
     "restore_training_state",
     "save_checkpoint",
-    "set_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,102 +79,7 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's configuration differs from the one it is loaded into; the message names the fields."""
 
 
-# ------------------------------------------------------------------------------------------------ RNG state
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and every CUDA device) random states, as ``weights_only``-loadable values."""
-    version, py_state, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    return {
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": list(cuda),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states saved by :func:`get_rng_state` (CUDA only when the device count matches)."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    npst = state["numpy"]
-    np.random.set_state(
-        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-        else:
-            logger.warning(
-                "checkpoint holds %d CUDA RNG states but %d devices are visible: CUDA RNG not restored",
-                len(cuda),
-                torch.cuda.device_count(),
-            )
-
-
 # -------------------------------------------------------------------------------------------------- saving
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, flush and fsync it, then ``os.replace`` it into place.
-
-    If anything fails (a full disk, an interrupt), the temporary file is removed and ``path`` keeps its previous
-    content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        delay = float(os.environ.get("WSAG_TEST_CHECKPOINT_WRITE_DELAY") or 0)  # tests: widen the kill window
-        if delay > 0:
-            time.sleep(delay)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    # make the rename itself durable (best effort: not every file system lets a folder be fsynced)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writes killed before their rename left in ``folder``; returns them.
-
-    Only call it when no other process writes checkpoints into ``folder`` (a resuming run owns its folder).
-    """
-    removed = []
-    for tmp in sorted(Path(folder).glob(".*.pth.*.tmp")):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    if removed:
-        logger.warning(
-            "removed %d unfinished checkpoint write(s) of an interrupted run: %s",
-            len(removed),
-            [p.name for p in removed],
-        )
-    return removed
 
 
 def _get_field(d: dict[str, Any], dotted: str) -> Any:

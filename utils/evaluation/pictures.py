@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.evaluation.evaluate import EvalResult, ImageRecord
+from utils.evaluation.evaluate import EvalResult
+from utils.evaluation.scores import ImageRecord
 
 __all__ = [
     "write_pictures",
@@ -58,7 +59,8 @@ def write_pictures(
     """
     import cv2  # pictures only: the metric path does not need OpenCV
 
-    from utils.viz.draw import add_label, make_grid, overlay, save_png, to_uint8_image
+    from utils.viz.draw import overlay, save_png, to_uint8_image
+    from utils.viz.layout import add_label, make_grid
 
     if result.maps is None:
         raise ValueError("write_pictures: the result kept no maps; run evaluate(..., keep_size=112) to draw them")

@@ -1,8 +1,11 @@
 """Using a trained grounder as a tool: a Python API, folder and video inference, a demo page, ONNX export.
 
 - :mod:`utils.inference.predictor`: :class:`Predictor`, one call from a model file to heatmaps of any images;
+- :mod:`utils.inference.image_inputs`: the image kinds ``Predictor.predict`` takes, converted to uint8 RGB;
 - :mod:`utils.inference.loading`: recognises our checkpoints and LOCATE's released state dicts;
 - :mod:`utils.inference.folder`: ``python -m utils.inference.folder`` over a folder of images or a video's frames;
+- :mod:`utils.inference.sources` and :mod:`utils.inference.outputs`: its inputs (image files, video frames) and its
+  outputs (overlays, maps, an overlay video, the manifest);
 - :mod:`utils.inference.demo`: ``python -m utils.inference.demo``, an interactive page (Gradio, optional);
 - :mod:`utils.inference.export`: ``python -m utils.inference.export``, the inference graph to ONNX, checked;
 - :mod:`utils.inference.onnx_runner`: runs an exported graph with ONNX Runtime and numpy only (no torch).

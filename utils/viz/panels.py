@@ -11,7 +11,8 @@ import torch
 
 from models.affordances import class_index, unknown_affordance_message
 from utils.maps import normalize_minmax
-from utils.viz.draw import add_label, append_colorbar, colorize, make_grid, overlay, resize_image, to_uint8_image
+from utils.viz.draw import colorize, overlay, resize_image, to_uint8_image
+from utils.viz.layout import add_label, append_colorbar, make_grid
 
 __all__ = [
     "model_panel",

@@ -123,7 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _methods_picture(args: argparse.Namespace) -> np.ndarray:
-    from utils.viz.draw import add_label, append_colorbar, make_grid, overlay
+    from utils.viz.draw import overlay
+    from utils.viz.layout import add_label, append_colorbar, make_grid
 
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in _METHOD_TITLES]
