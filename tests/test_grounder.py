@@ -293,9 +293,13 @@ def test_constructor_validation(make_grounder):
 def test_no_cuda_calls_anywhere_in_the_repository():
     root = Path(__file__).resolve().parents[1]
     pattern = re.compile(r"\." + "cuda" + r"\(")
+    # the fake LOCATE tree that test_locate_timing.py writes calls cuda() as LOCATE's code does, on purpose
+    allowed = {"tests/test_locate_timing.py"}
     offenders = [
         str(p.relative_to(root))
         for p in root.rglob("*.py")
-        if ".venv" not in p.parts and pattern.search(p.read_text(encoding="utf-8", errors="ignore"))
+        if ".venv" not in p.parts
+        and str(p.relative_to(root)) not in allowed
+        and pattern.search(p.read_text(encoding="utf-8", errors="ignore"))
     ]
     assert not offenders, f"hard-coded CUDA moves in {offenders}; take a device argument instead"

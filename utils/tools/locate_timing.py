@@ -19,7 +19,7 @@ What is timed, on the CPU in fp32, with random weights and random inputs (224 px
 
 LOCATE's code is imported from ``--locate-repo`` at run time, never copied. Its ``models`` and ``utils`` folders
 are bound to those top-level names only while it is imported (this repository has packages of the same names).
-Two things are patched while it runs, and put back afterwards: ``.cuda()`` on tensors and modules returns them
+Two things are patched while it runs, and put back afterwards: ``cuda()`` on tensors and modules returns them
 unchanged (LOCATE moves its model and new tensors with it, so everything stays on the CPU), and the DINO weight
 loader that ``Net.__init__`` calls (a download) does nothing, so the ViT keeps its random initialisation. It needs
 the packages LOCATE's code imports (fast-pytorch-kmeans, with psutil; OpenCV and matplotlib for ``utils.util``),
@@ -191,7 +191,7 @@ def _keep_random_weights(model: nn.Module, *args: Any, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def cpu_random_weights(code: LocateCode) -> Iterator[None]:
-    """While inside, ``.cuda()`` returns its tensor or module unchanged and LOCATE's DINO weight loader does nothing."""
+    """While inside, ``cuda()`` returns its tensor or module unchanged and LOCATE's DINO weight loader does nothing."""
     saved = torch.Tensor.cuda, nn.Module.cuda, code.locate_module.load_pretrained_weights
     torch.Tensor.cuda = _stay_on_cpu  # type: ignore[method-assign]
     nn.Module.cuda = _stay_on_cpu  # type: ignore[method-assign]
@@ -241,7 +241,7 @@ def time_locate(code: LocateCode, batch_size: int = 16, exo: int = 3, warmup: in
     """Median seconds and rates of LOCATE's training step and test forwards, with the optimizer's groups."""
     with cpu_random_weights(code):
         torch.manual_seed(0)
-        model = code.net(aff_classes=AFF_CLASSES).cuda()  # a no-op here, as train.py calls it
+        model = code.net(aff_classes=AFF_CLASSES)  # train.py moves it with cuda(), a no-op here
         optimizer, _ = code.get_optimizer(model, TRAIN_ARGS)
         step = _train_step(model, optimizer, batch_size, exo)
         logger.info("LOCATE training step: batch %d + %d exocentric images at %d px", batch_size, batch_size * exo,
