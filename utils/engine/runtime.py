@@ -21,6 +21,7 @@ __all__ = [
     "compile_parts",
     "cpu_has_native_bf16",
     "environment_info",
+    "package_version",
     "resolve_amp_dtype",
     "seed_everything",
     "seed_worker",
@@ -136,6 +137,16 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def package_version(package: str) -> str:
+    """The installed version of a distribution (its pip name), or "not installed"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, str | int]:
     """What a run's numbers depend on besides its configuration: precision, device, CPU kernels, library versions.
 
@@ -143,15 +154,7 @@ def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dic
     only where the CPU or GPU has bf16 units) and can give slightly different ones under other kernels or versions,
     so every ``metrics.json`` records these beside the results.
     """
-    from importlib import metadata
-
     import cv2  # the module actually imported, whichever wheel provides it (opencv-python, -headless, -contrib)
-
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
 
     info: dict[str, str | int] = {
         "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, str(amp_dtype)),
@@ -163,7 +166,7 @@ def environment_info(device: torch.device, amp_dtype: torch.dtype | None) -> dic
         "torch": torch.__version__,  # with its build tag (+cpu, +cu130, ...)
     }
     for package in ("timm", "numpy", "open-clip-torch"):
-        info[package] = version(package)
+        info[package] = package_version(package)
     info["opencv"] = cv2.__version__
     return info
 

@@ -42,14 +42,13 @@ import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from utils.engine.runtime import environment_info, setup_logging
+from utils.engine.runtime import environment_info, package_version, setup_logging
 from utils.tools.benchmark import time_interleaved
 
 __all__ = [
@@ -311,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {e}") from e
     report = time_locate(code, args.batch_size, args.exo, args.warmup, args.repeats)
     machine: dict[str, Any] = environment_info(torch.device("cpu"), None)
-    machine["fast-pytorch-kmeans"] = _version("fast-pytorch-kmeans")
+    machine["fast-pytorch-kmeans"] = package_version("fast-pytorch-kmeans")
     machine["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     report["machine"] = machine
     report["locate"] = {"repo": str(code.repo), "commit": code.commit}
@@ -333,13 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  test forward, batch {b}: {r['seconds']:.3f} s, {r['images_per_s']:.2f} images/s")
     print(f"written: {args.out}")
     return 0
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 if __name__ == "__main__":
